@@ -49,7 +49,6 @@ RTM_GETROUTE = 26
 RTM_NEWRULE = 32
 RTM_DELRULE = 33
 RTM_GETRULE = 34
-RTM_F_CLONED = 0x200
 
 RTNLGRP_LINK = 1
 RTNLGRP_IPV4_IFADDR = 5
@@ -184,8 +183,6 @@ def route_from_msg(msg: rtmsg) -> Route | None:
     family = msg["family"]
     if family not in (socket.AF_INET, socket.AF_INET6):
         return None
-    if msg["flags"] & RTM_F_CLONED:
-        return None  # a cached route (exceptions, PMTU), not a table entry
 
     nexthops = []
     for hop in msg.get_attr("RTA_MULTIPATH") or ():
@@ -195,7 +192,7 @@ def route_from_msg(msg: rtmsg) -> Route | None:
     return Route(family=family, table=table,
                  dst=_network(family, msg.get_attr("RTA_DST"), msg["dst_len"]),
                  tos=msg["tos"], priority=msg.get_attr("RTA_PRIORITY") or 0,
-                 protocol=msg["proto"], type=msg["type"], scope=msg["scope"],
+                 protocol=msg["proto"], type=msg["type"], scope=msg["scope"], flags=msg["flags"],
                  oif=msg.get_attr("RTA_OIF"),
                  gateway=_optional_ip(msg.get_attr("RTA_GATEWAY")),
                  prefsrc=_optional_ip(msg.get_attr("RTA_PREFSRC")),

@@ -33,6 +33,7 @@ RT_SCOPE_UNIVERSE = 0
 RT_TABLE_MAIN = 254
 RT_TABLE_LOCAL = 255
 RTN_UNICAST = 1
+RTM_F_CLONED = 0x200
 
 # RFC 2863 operational states that let packets through. Drivers that never
 # report a state (loopback, dummy, tun) stay at "UNKNOWN".
@@ -124,6 +125,7 @@ class Route:
     protocol: int  # rtm_protocol, RTPROT_*
     type: int  # rtm_type, RTN_*
     scope: int
+    flags: int = 0  # rtm_flags, RTM_F_*
     oif: int | None = None  # RTA_OIF; None for a multipath route
     gateway: IPAddress | None = None
     prefsrc: IPAddress | None = None

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from .events import (AddressAdded, AddressRemoved, AddressUnusable, AddressUsable,
                      DownReason, LinkDown, LinkUp, NetEvent, Resynced, RouteChanged,
                      RuleChanged)
-from .records import RT_SCOPE_UNIVERSE, RT_TABLE_LOCAL, Address, Link, Route, Rule
+from .records import RT_SCOPE_UNIVERSE, RT_TABLE_LOCAL, RTM_F_CLONED, Address, Link, Route, Rule
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,8 @@ class _Tables:
 def route_is_watched(route: Route, ignored_links: set[int]) -> bool:
     if route.protocol == RTPROT_RMOBIKE or route.table == RT_TABLE_LOCAL:
         return False
+    if route.flags & RTM_F_CLONED:
+        return False  # a cached route (exception, PMTU), not a table entry
     return not route.oifs & ignored_links
 
 
