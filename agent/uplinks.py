@@ -17,7 +17,6 @@ configuration and the kernel's routes.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import ipaddress
 import logging
@@ -161,8 +160,14 @@ def encode_route_request(dst: IPAddress, seq: int, src: IPAddress | None = None,
                                    header + attrs)
 
 
-def decode_route_reply(message: messages.Message) -> RouteLookup | None:
-    """Turn the reply to RTM_GETROUTE into a RouteLookup, or None when there is no route."""
+def decode_route_reply(message: messages.Message,
+                       requested_src: IPAddress | None = None) -> RouteLookup | None:
+    """Turn the reply to RTM_GETROUTE into a RouteLookup, or None when there is no route.
+
+    With a source in the request, the packet would leave from that source:
+    the kernel echoes it as RTA_SRC, and IPv6 still reports its own
+    preference in RTA_PREFSRC, so ``requested_src`` is the answer's source.
+    """
     if message.type == messages.NLMSG_ERROR:
         if message.error in NO_ROUTE_ERRNOS:
             return None
@@ -174,7 +179,8 @@ def decode_route_reply(message: messages.Message) -> RouteLookup | None:
     # IPv6 answers an unreachable destination with a route of that type, not an error.
     if route.type not in (RTN_UNICAST, RTN_LOCAL):
         return None
-    return RouteLookup(src=route.prefsrc, oif=route.oif, gateway=route.gateway, table=route.table)
+    src = requested_src if requested_src is not None else route.prefsrc
+    return RouteLookup(src=src, oif=route.oif, gateway=route.gateway, table=route.table)
 
 
 class RouteResolver:
@@ -216,11 +222,7 @@ class RouteResolver:
             for message in messages.parse_messages(self._sock.recv(65536)):
                 if message.seq != self._seq:
                     continue
-                found = decode_route_reply(message)
-                # With RTA_SRC in the request the kernel echoes it as RTA_SRC, not RTA_PREFSRC.
-                if found is not None and found.src is None and src is not None:
-                    found = dataclasses.replace(found, src=src)
-                return found
+                return decode_route_reply(message, requested_src=src)
         raise RouteLookupError(errno.EPROTO, "no reply with the request's sequence number")
 
 

@@ -66,7 +66,7 @@ class AddressUsable:
 
 @dataclass(frozen=True)
 class AddressUnusable:
-    """A usable address became unusable: DAD failed, or it went tentative again."""
+    """An address became unusable (it went tentative again), or its DAD failed."""
 
     address: Address
 

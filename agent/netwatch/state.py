@@ -138,7 +138,7 @@ def address_transition(old: Address | None, new: Address | None) -> list[NetEven
         return [AddressRemoved(old)] if old is not None else []
     if old is None:
         return [AddressAdded(new), AddressUsable(new)] if new.usable else [AddressAdded(new)]
-    if old.usable and not new.usable:
+    if not new.usable and (old.usable or (new.dadfailed and not old.dadfailed)):
         return [AddressUnusable(new)]
     if new.usable and (not old.usable or old.deprecated != new.deprecated
                        or old.temporary != new.temporary):
