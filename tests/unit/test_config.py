@@ -1,10 +1,15 @@
 """Tests for agent.config: loading, defaults, every error class, secrets and reload diffs."""
 
+import datetime
 import ipaddress
 import textwrap
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from agent.config import (
     ConfigError,
@@ -590,6 +595,95 @@ def test_inline_secret_private_config_no_warning(tmp_path):
     config = load_config(write_config(tmp_path, MINIMAL))
 
     assert config.warnings == ()
+
+
+# --- Certificates and private keys --------------------------------------------------
+
+
+def write_credentials(tmp_path: Path, key_mode: int = 0o600) -> tuple[Path, Path]:
+    """Write a self-signed EC certificate and its unencrypted key as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gw-a.example.net")])
+    now = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=365))
+        .sign(key, hashes.SHA256())
+    )
+    cert_path = tmp_path / "gw-a.crt"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path = tmp_path / "gw-a.key"
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_path.chmod(key_mode)
+    return cert_path, key_path
+
+
+def pubkey_config(cert: Path, key: Path, cacert: Path) -> str:
+    text = MINIMAL.replace(
+        'auth = "psk"\nid = "gw-a.example.net"',
+        f'auth = "pubkey"\nid = "gw-a.example.net"\ncerts = ["{cert}"]\nkey = "{key}"',
+    )
+    return text.replace(
+        'auth = "psk"\nid = "gw-b.example.net"',
+        f'auth = "pubkey"\nid = "gw-b.example.net"\ncacerts = ["{cacert}"]',
+    )
+
+
+def test_pubkey_credentials_load(tmp_path):
+    cert, key = write_credentials(tmp_path)
+
+    config = load_config(write_config(tmp_path, pubkey_config(cert, key, cert)))
+
+    site = config.connections["site"]
+    assert site.local.auth == "pubkey"
+    assert site.local.certs == (cert,)
+    assert site.local.key == key
+    assert site.remote.cacerts == (cert,)
+
+
+def test_pubkey_key_world_readable(tmp_path):
+    cert, key = write_credentials(tmp_path, key_mode=0o644)
+
+    error = single_error(tmp_path, pubkey_config(cert, key, cert))
+
+    assert f"connections.site.local.key: private key file {key} is accessible to all users" in error
+
+
+def test_pubkey_invalid_certificate(tmp_path):
+    cert, key = write_credentials(tmp_path)
+    garbage = tmp_path / "ca.crt"
+    garbage.write_text("not a certificate")
+
+    error = single_error(tmp_path, pubkey_config(cert, key, garbage))
+
+    assert f"connections.site.remote.cacerts[0]: {garbage} is not a PEM or DER X.509 certificate" in error
+
+
+def test_pubkey_encrypted_key(tmp_path):
+    cert, key = write_credentials(tmp_path)
+    loaded = serialization.load_pem_private_key(key.read_bytes(), password=None)
+    key.write_bytes(
+        loaded.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"passphrase"),
+        )
+    )
+
+    error = single_error(tmp_path, pubkey_config(cert, key, cert))
+
+    assert f"connections.site.local.key: {key} is encrypted (expected an unencrypted private key)" in error
 
 
 # --- Identities and address policy ---------------------------------------------------
