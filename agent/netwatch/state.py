@@ -59,6 +59,7 @@ class _Tables:
 
     def _apply_link(self, link: Link, deleted: bool) -> list[NetEvent]:
         if link.kind in IGNORED_LINK_KINDS:
+            self.links.pop(link.ifindex, None)
             if deleted:
                 self.ignored_links.discard(link.ifindex)
             else:
