@@ -1,0 +1,208 @@
+"""Numbers from linux/xfrm.h and linux/netlink.h, under their kernel names.
+
+Only what this package uses is here. Values are part of the kernel's user
+API and never change; the comments name the header each block comes from.
+"""
+
+from __future__ import annotations
+
+# linux/netlink.h: protocol, message flags, control messages, socket options.
+NETLINK_XFRM = 6
+
+NLM_F_REQUEST = 0x01
+NLM_F_MULTI = 0x02
+NLM_F_ACK = 0x04
+NLM_F_ECHO = 0x08
+NLM_F_DUMP_INTR = 0x10
+NLM_F_ROOT = 0x100
+NLM_F_MATCH = 0x200
+NLM_F_DUMP = NLM_F_ROOT | NLM_F_MATCH
+NLM_F_REPLACE = 0x100
+NLM_F_EXCL = 0x200
+NLM_F_CREATE = 0x400
+NLM_F_CAPPED = 0x100  # in an ack: the original request was cut to its header
+NLM_F_ACK_TLVS = 0x200  # in an ack: extended-ack attributes follow
+
+NLMSG_NOOP = 1
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NLMSG_OVERRUN = 4
+
+NLMSGERR_ATTR_MSG = 1
+
+SOL_NETLINK = 270
+NETLINK_ADD_MEMBERSHIP = 1
+NETLINK_CAP_ACK = 10
+NETLINK_EXT_ACK = 11
+
+# linux/in.h
+IPPROTO_ESP = 50
+IPPROTO_AH = 51
+IPPROTO_COMP = 108
+IPSEC_PROTO_ANY = 255  # linux/ipsec.h: any IPsec protocol, used by flush
+
+# linux/udp.h: encapsulation types for xfrm_encap_tmpl.encap_type
+UDP_ENCAP_ESPINUDP_NON_IKE = 1
+UDP_ENCAP_ESPINUDP = 2
+
+# linux/xfrm.h
+XFRM_INF = (1 << 64) - 1
+XFRMA_REPLAY_ESN_MAX = 4096  # bits in the largest replay bitmap
+
+XFRM_MODE_TRANSPORT = 0
+XFRM_MODE_TUNNEL = 1
+XFRM_MODE_ROUTEOPTIMIZATION = 2
+XFRM_MODE_IN_TRIGGER = 3
+XFRM_MODE_BEET = 4
+
+XFRM_POLICY_TYPE_MAIN = 0
+XFRM_POLICY_TYPE_SUB = 1
+
+XFRM_POLICY_IN = 0
+XFRM_POLICY_OUT = 1
+XFRM_POLICY_FWD = 2
+
+XFRM_POLICY_ALLOW = 0
+XFRM_POLICY_BLOCK = 1
+
+XFRM_POLICY_LOCALOK = 1
+XFRM_POLICY_ICMP = 2
+
+XFRM_SHARE_ANY = 0
+XFRM_SHARE_SESSION = 1
+XFRM_SHARE_USER = 2
+XFRM_SHARE_UNIQUE = 3
+
+XFRM_STATE_NOECN = 1
+XFRM_STATE_DECAP_DSCP = 2
+XFRM_STATE_NOPMTUDISC = 4
+XFRM_STATE_WILDRECV = 8
+XFRM_STATE_ICMP = 16
+XFRM_STATE_AF_UNSPEC = 32
+XFRM_STATE_ALIGN4 = 64
+XFRM_STATE_ESN = 128
+
+XFRM_SA_XFLAG_DONT_ENCAP_DSCP = 1
+XFRM_SA_XFLAG_OSEQ_MAY_WRAP = 2
+
+XFRM_AE_RTHR = 1
+XFRM_AE_RVAL = 2
+XFRM_AE_LVAL = 4
+XFRM_AE_ETHR = 8
+XFRM_AE_CR = 16
+XFRM_AE_CE = 32
+XFRM_AE_CU = 64
+
+XFRM_MSG_NEWSA = 0x10
+XFRM_MSG_DELSA = 0x11
+XFRM_MSG_GETSA = 0x12
+XFRM_MSG_NEWPOLICY = 0x13
+XFRM_MSG_DELPOLICY = 0x14
+XFRM_MSG_GETPOLICY = 0x15
+XFRM_MSG_ALLOCSPI = 0x16
+XFRM_MSG_ACQUIRE = 0x17
+XFRM_MSG_EXPIRE = 0x18
+XFRM_MSG_UPDPOLICY = 0x19
+XFRM_MSG_UPDSA = 0x1A
+XFRM_MSG_POLEXPIRE = 0x1B
+XFRM_MSG_FLUSHSA = 0x1C
+XFRM_MSG_FLUSHPOLICY = 0x1D
+XFRM_MSG_NEWAE = 0x1E
+XFRM_MSG_GETAE = 0x1F
+XFRM_MSG_REPORT = 0x20
+XFRM_MSG_MIGRATE = 0x21
+XFRM_MSG_NEWSADINFO = 0x22
+XFRM_MSG_GETSADINFO = 0x23
+XFRM_MSG_NEWSPDINFO = 0x24
+XFRM_MSG_GETSPDINFO = 0x25
+XFRM_MSG_MAPPING = 0x26
+
+# Attribute types, in the order of enum xfrm_attr_type_t (XFRMA_UNSPEC = 0).
+XFRMA_NAMES = (
+    "XFRMA_UNSPEC",
+    "XFRMA_ALG_AUTH",
+    "XFRMA_ALG_CRYPT",
+    "XFRMA_ALG_COMP",
+    "XFRMA_ENCAP",
+    "XFRMA_TMPL",
+    "XFRMA_SA",
+    "XFRMA_POLICY",
+    "XFRMA_SEC_CTX",
+    "XFRMA_LTIME_VAL",
+    "XFRMA_REPLAY_VAL",
+    "XFRMA_REPLAY_THRESH",
+    "XFRMA_ETIMER_THRESH",
+    "XFRMA_SRCADDR",
+    "XFRMA_COADDR",
+    "XFRMA_LASTUSED",
+    "XFRMA_POLICY_TYPE",
+    "XFRMA_MIGRATE",
+    "XFRMA_ALG_AEAD",
+    "XFRMA_KMADDRESS",
+    "XFRMA_ALG_AUTH_TRUNC",
+    "XFRMA_MARK",
+    "XFRMA_TFCPAD",
+    "XFRMA_REPLAY_ESN_VAL",
+    "XFRMA_SA_EXTRA_FLAGS",
+    "XFRMA_PROTO",
+    "XFRMA_ADDRESS_FILTER",
+    "XFRMA_PAD",
+    "XFRMA_OFFLOAD_DEV",
+    "XFRMA_SET_MARK",
+    "XFRMA_SET_MARK_MASK",
+    "XFRMA_IF_ID",
+    "XFRMA_MTIMER_THRESH",
+)
+(
+    XFRMA_UNSPEC,
+    XFRMA_ALG_AUTH,
+    XFRMA_ALG_CRYPT,
+    XFRMA_ALG_COMP,
+    XFRMA_ENCAP,
+    XFRMA_TMPL,
+    XFRMA_SA,
+    XFRMA_POLICY,
+    XFRMA_SEC_CTX,
+    XFRMA_LTIME_VAL,
+    XFRMA_REPLAY_VAL,
+    XFRMA_REPLAY_THRESH,
+    XFRMA_ETIMER_THRESH,
+    XFRMA_SRCADDR,
+    XFRMA_COADDR,
+    XFRMA_LASTUSED,
+    XFRMA_POLICY_TYPE,
+    XFRMA_MIGRATE,
+    XFRMA_ALG_AEAD,
+    XFRMA_KMADDRESS,
+    XFRMA_ALG_AUTH_TRUNC,
+    XFRMA_MARK,
+    XFRMA_TFCPAD,
+    XFRMA_REPLAY_ESN_VAL,
+    XFRMA_SA_EXTRA_FLAGS,
+    XFRMA_PROTO,
+    XFRMA_ADDRESS_FILTER,
+    XFRMA_PAD,
+    XFRMA_OFFLOAD_DEV,
+    XFRMA_SET_MARK,
+    XFRMA_SET_MARK_MASK,
+    XFRMA_IF_ID,
+    XFRMA_MTIMER_THRESH,
+) = range(len(XFRMA_NAMES))
+
+# Multicast groups (enum xfrm_nlgroups); a socket joins them by number.
+XFRMNLGRP_ACQUIRE = 1
+XFRMNLGRP_EXPIRE = 2
+XFRMNLGRP_SA = 3
+XFRMNLGRP_POLICY = 4
+XFRMNLGRP_AEVENTS = 5
+XFRMNLGRP_REPORT = 6
+XFRMNLGRP_MIGRATE = 7
+XFRMNLGRP_MAPPING = 8
+
+# include/net/xfrm.h (kernel-internal, but fixed since 2.6): the most templates
+# a policy may carry, and the most entries one XFRM_MSG_MIGRATE may list.
+XFRM_MAX_DEPTH = 6
+
+# linux/ipsec.h: "any upper-layer protocol". A MIGRATE selector with this
+# proto matches a policy by addresses and prefix lengths only.
+IPSEC_ULPROTO_ANY = 255
