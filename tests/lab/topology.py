@@ -168,6 +168,7 @@ class Uplink:
     far_namespace: Namespace  # router or NAT box: where the other veth end is
     far_interface: str
     table: int  # routing table for traffic from this uplink's address
+    router_bridge: str  # the router's interface for this uplink, e.g. "br-g1u0"
     address6: IPv6Interface | None = None
     next_hop6: IPv6Address | None = None
 
@@ -343,11 +344,14 @@ class Topology:
         self.router.batch(commands)
 
     def blackhole(self, uplink: Uplink, peer: Uplink | None = None) -> BlackHole:
-        """Drop, in the router, every forwarded packet from or to ``uplink``'s public address.
+        """Drop, in the router, every packet that it would forward into or out of ``uplink``.
 
-        With ``peer``, only the packets between the two uplinks are dropped.
-        No link, address or route changes, so the gateways get no event:
-        only the traffic stops. Undo it with ``remove_blackhole``.
+        With ``peer``, only packets between the public addresses of the two
+        uplinks are dropped (IKE and ESP between them, not cleartext LAN
+        traffic). No link, address or route changes, so the gateways get no
+        event: only the traffic stops. Packets to the router's own addresses
+        still pass, as when an ISP's network fails behind its first router.
+        Undo it with ``remove_blackhole``.
         """
         if not self._blackhole_table:
             self.router.run(["nft", "add table inet rmb_blackhole; "
@@ -379,20 +383,18 @@ class Topology:
 
 
 def _blackhole_matches(uplink: Uplink, peer: Uplink | None) -> list[str]:
-    """Return the nft match expressions for traffic from/to ``uplink`` (and ``peer``)."""
-    pairs = [("ip", str(uplink.public_address),
-              None if peer is None else str(peer.public_address))]
-    if uplink.address6 is not None and (peer is None or peer.address6 is not None):
-        pairs.append(("ip6", str(uplink.address6.ip),
-                      None if peer is None else str(peer.address6.ip)))  # type: ignore[union-attr]
+    """Return the nft match expressions for traffic through ``uplink`` (and ``peer``)."""
+    if peer is None:
+        return [f'iifname "{uplink.router_bridge}"', f'oifname "{uplink.router_bridge}"']
+
+    pairs = [("ip", str(uplink.public_address), str(peer.public_address))]
+    if uplink.address6 is not None and peer.address6 is not None:
+        pairs.append(("ip6", str(uplink.address6.ip), str(peer.address6.ip)))
 
     matches = []
     for family, address, peer_address in pairs:
-        if peer_address is None:
-            matches += [f"{family} saddr {address}", f"{family} daddr {address}"]
-        else:
-            matches += [f"{family} saddr {address} {family} daddr {peer_address}",
-                        f"{family} saddr {peer_address} {family} daddr {address}"]
+        matches += [f"{family} saddr {address} {family} daddr {peer_address}",
+                    f"{family} saddr {peer_address} {family} daddr {address}"]
     return matches
 
 
@@ -506,6 +508,7 @@ def _build_uplink(topology: Topology, gateway: Gateway, index: int) -> Uplink:
         gateway_name=gateway.name, index=index, namespace=near, interface=interface,
         address=address, next_hop=next_hop, public_address=public.ip,
         far_namespace=far_namespace, far_interface=far_interface, table=100 + index,
+        router_bridge=bridge,
         address6=_host(block6, 0x10) if ipv6 else None,
         next_hop6=_host(block6, 1).ip if ipv6 else None,
     )

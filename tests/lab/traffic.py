@@ -55,8 +55,14 @@ class ProbeReport:
     max_gap_start_ms: float  # when that gap began
     send_errors: int  # sendto() failures, counted in sent and lost
     max_send_gap_ms: float  # the sender's longest pause, to tell stalls from outages
+    first_send_ns: int = 0  # CLOCK_REALTIME of the first datagram, as time.time_ns()
     receive_times_ms: list[float] = field(default_factory=list)  # per arrival, in order
     sources: list[str] = field(default_factory=list)  # source addresses seen
+
+    def max_gap_interval(self) -> tuple[float, float]:
+        """Return the longest gap as (start, end) in seconds since the epoch, like time.time()."""
+        start = self.first_send_ns / 1e9 + self.max_gap_start_ms / 1e3
+        return start, start + self.max_gap_ms / 1e3
 
     def summary(self) -> str:
         """Return a one-line description for logs and assertion messages."""
@@ -99,6 +105,7 @@ def compute_report(sender: dict, receiver: dict) -> ProbeReport:
         max_gap_start_ms=(gap_start_ns - first_ns) / 1e6,
         send_errors=sender["send_errors"],
         max_send_gap_ms=sender["max_send_gap_ms"],
+        first_send_ns=first_ns,
         receive_times_ms=[(received - first_ns) / 1e6 for received in receive_ns],
         sources=list(receiver["sources"]),
     )
@@ -184,6 +191,11 @@ class Probe:
             stderr = process.stderr.read() if process.stderr and process.poll() is not None else ""
             raise ProbeError(f"probe receiver on {self.destination} port {self.port} "
                              f"did not start within {START_TIMEOUT:.0f} s: {line!r} {stderr}")
+
+    def run(self) -> ProbeReport:
+        """Start the probe, wait for its duration and return the report."""
+        self.start()
+        return self.wait()
 
     def wait(self) -> ProbeReport:
         """Wait for the sender to finish its duration, then stop the receiver; return the report."""
