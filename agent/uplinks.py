@@ -321,8 +321,10 @@ def rank_paths(local_addrs: Sequence[str | IPAddress | IPNetwork],
     route for it. The order, each step breaking ties of the one before:
 
     1. position in ``local_addrs`` (config priority);
-    2. udev RMOBIKE_PRIORITY of the local link, lower first;
-    3. the route leaves through the local address's own link;
+    2. the route leaves through the local address's own link. A pair whose
+       packets would leave through another link usually lacks a policy
+       route, and the provider there is likely to drop its source address;
+    3. udev RMOBIKE_PRIORITY of the local link, lower first;
     4. not deprecated. A deprecated address is dropped for a remote when a
        non-deprecated one reaches it, and ranked last otherwise;
     5. not optimistic (DAD still running);
@@ -361,8 +363,8 @@ def _rank(candidate: PathCandidate, address: Address, config_index: int | None,
     priority = marks.get(address.ifindex, UplinkMark()).priority
     kernel_picks_it = kernel_choice is not None and kernel_choice.src == address.address
     return (config_index or 0,
-            DEFAULT_PRIORITY if priority is None else priority,
             not candidate.leaves_own_link,
+            DEFAULT_PRIORITY if priority is None else priority,
             address.deprecated,
             address.tentative,
             address.temporary,
