@@ -341,9 +341,8 @@ class _ModpGroup(DhGroup):
         self.exponent_bits = exponent_bits
         self.check_subgroup = check_subgroup
 
-        # With q given, OpenSSL also checks y^q = 1 mod p on every peer value (RFC 6989 §2.2).
-        subgroup_order = (prime - 1) // 2 if check_subgroup else None
-        self.parameter_numbers = dh.DHParameterNumbers(prime, 2, subgroup_order)
+        self.subgroup_order = (prime - 1) // 2
+        self.parameter_numbers = dh.DHParameterNumbers(prime, 2)
         self.generator_key = dh.DHPublicNumbers(2, self.parameter_numbers).public_key()
 
     def generate(self, random: Random) -> DhPrivate:
@@ -383,6 +382,9 @@ class _ModpPrivate(DhPrivate):
         if not 1 < value < group.prime - 1:
             # RFC 7296 §5 and RFC 6989 §2.2: 0, 1 and p-1 (and anything >= p) confine the secret.
             raise InvalidPublicValue(f"{group.id.name} public value is outside 1 < y < p-1")
+        if group.check_subgroup and pow(value, group.subgroup_order, group.prime) != 1:
+            # RFC 6989 §2.2: y^q = 1 mod p proves y lies in the subgroup of prime order q.
+            raise InvalidPublicValue(f"{group.id.name} public value is not in the subgroup of order q")
 
         try:
             peer_key = dh.DHPublicNumbers(value, group.parameter_numbers).public_key()
@@ -525,9 +527,9 @@ _P521_ORDER = int(
 def dh_group_by_id(dh_id: DhId, *, check_subgroup: bool = False) -> DhGroup:
     """Return the shared DhGroup object for a key exchange method ID; raise CryptoError if unsupported.
 
-    `check_subgroup` adds the y^q = 1 mod p test for the MODP groups. It costs about one more
-    exponentiation and is optional: for safe primes the 1 < y < p-1 range check suffices
-    (RFC 6989 §2.2).
+    `check_subgroup` adds the y^q = 1 mod p test for the MODP groups. It is optional because for
+    safe primes the 1 < y < p-1 range check suffices (RFC 6989 §2.2), and it costs a full-size
+    modular exponentiation in Python.
     """
     if dh_id == DhId.MODP_2048:
         return _ModpGroup(DhId.MODP_2048, MODP_2048_PRIME, _MODP_EXPONENT_BITS[dh_id], check_subgroup)
