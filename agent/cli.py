@@ -84,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, spec in COMMANDS.items():
         description = spec.summary[0].upper() + spec.summary[1:] + "."
-        sub = commands.add_parser(name, parents=[common], help=spec.summary, description=description)
+        sub = commands.add_parser(
+            name, parents=[common], help=spec.summary, description=description
+        )
         _ARGUMENT_SETUP.get(name, lambda sub: None)(sub)
     return parser
 
@@ -102,7 +104,8 @@ def _add_connection_options(parser: argparse.ArgumentParser, *, defaults: bool) 
         metavar="SECONDS",
         type=_positive_seconds,
         default=DEFAULT_CLIENT_TIMEOUT if defaults else suppress,
-        help=f"maximum time to wait for rmobiked's response, in seconds (default: {DEFAULT_CLIENT_TIMEOUT:g})",
+        help="maximum time to wait for rmobiked's response, in seconds"
+        f" (default: {DEFAULT_CLIENT_TIMEOUT:g})",
     )
     parser.add_argument(
         "--json",
@@ -122,7 +125,13 @@ def _setup_name(sub: argparse.ArgumentParser) -> None:
 
 def _setup_switch(sub: argparse.ArgumentParser) -> None:
     _setup_name(sub)
-    sub.add_argument("--to", required=True, type=_address, metavar="ADDRESS", help="local address to move the IKE SA to")
+    sub.add_argument(
+        "--to",
+        required=True,
+        type=_address,
+        metavar="ADDRESS",
+        help="local address to move the IKE SA to",
+    )
 
 
 def _setup_log_level(sub: argparse.ArgumentParser) -> None:
@@ -148,7 +157,9 @@ def request_args(options: argparse.Namespace) -> dict[str, Any]:
     return args
 
 
-def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None
+) -> int:
     """Run rmobikectl and return its exit status."""
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
@@ -209,15 +220,27 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Align columns, separated by two spaces, and strip trailing spaces."""
     widths = [len(header) for header in headers]
     for row in rows:
-        widths = [max(width, len(cell)) for width, cell in zip(widths, row)]
+        widths = [max(width, len(cell)) for width, cell in zip(widths, row, strict=True)]
 
     lines = []
     for row in (headers, *rows):
-        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
+        lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
 
 
-_IKE_HEADERS = ("NAME", "STATE", "ROLE", "LOCAL", "REMOTE", "SPI_I", "SPI_R", "MOBIKE", "SWITCH", "NAT")
+_IKE_HEADERS = (
+    "NAME",
+    "STATE",
+    "ROLE",
+    "LOCAL",
+    "REMOTE",
+    "SPI_I",
+    "SPI_R",
+    "MOBIKE",
+    "SWITCH",
+    "NAT",
+)
 _CHILD_HEADERS = (
     "IKE_SA", "CHILD", "STATE", "MODE", "SPI_IN", "SPI_OUT", "LOCAL_TS", "REMOTE_TS",
     "BYTES_IN", "BYTES_OUT", "PACKETS_IN", "PACKETS_OUT",
@@ -273,7 +296,12 @@ def _nat(entry: dict[str, Any]) -> str:
 
 def _ike_row(sa: dict[str, Any]) -> list[str]:
     initiator = sa.get("initiator")
-    role = "-" if initiator is None else ("initiator" if initiator else "responder")
+    if initiator is None:
+        role = "-"
+    elif initiator:
+        role = "initiator"
+    else:
+        role = "responder"
     return [
         _field(sa, "name"),
         _field(sa, "state"),

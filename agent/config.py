@@ -63,7 +63,7 @@ class AgentConfig:
     port: int = 500
     port_nat_t: int = 4500
     keep_alive: float = 20.0  # NAT-T keepalive interval in seconds, 0 disables them
-    switch_notify_type: int = NotifyType.SWITCH_TO_IP_ADDRESS
+    switch_notify_type: int = int(NotifyType.SWITCH_TO_IP_ADDRESS)
 
 
 @dataclass(frozen=True)
@@ -167,9 +167,9 @@ class Config:
 
     def psk_for(self, local_id: str, remote_id: str) -> Secret | None:
         """Return the secret for the remote identity, else for the local identity, else None."""
-        for wanted in (remote_id, local_id):
+        for identity in (remote_id, local_id):
             for secret in self.secrets.values():
-                if secret.id == wanted:
+                if secret.id == identity:
                     return secret
         return None
 
@@ -184,7 +184,9 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class ConfigDiff:
-    """What a reload changes. Connection names are sorted.
+    """Connections that a reload adds, removes, changes or keeps, and the changed [agent] keys.
+
+    Connection names are sorted.
 
     A connection is "changed" when any of its values differ, children included. Secrets are
     not part of a connection: a changed secret is used from the next authentication on,
@@ -231,7 +233,9 @@ def diff_configs(old: Config, new: Config) -> ConfigDiff:
     changed = {name for name in common if old.connections[name] != new.connections[name]}
 
     agent_changed = tuple(
-        f.name for f in fields(AgentConfig) if getattr(old.agent, f.name) != getattr(new.agent, f.name)
+        f.name
+        for f in fields(AgentConfig)
+        if getattr(old.agent, f.name) != getattr(new.agent, f.name)
     )
     return ConfigDiff(
         added=tuple(sorted(new_names - old_names)),
@@ -265,7 +269,14 @@ class _Invalid(Exception):
 
 
 def _type_name(value: Any) -> str:
-    names = {bool: "boolean", int: "integer", float: "float", str: "string", list: "array", dict: "table"}
+    names = {
+        bool: "boolean",
+        int: "integer",
+        float: "float",
+        str: "string",
+        list: "array",
+        dict: "table",
+    }
     return names.get(type(value), type(value).__name__)
 
 
@@ -290,7 +301,9 @@ def _boolean(value: Any) -> bool:
 def _integer(minimum: int, maximum: int) -> Callable[[Any], int]:
     def parse(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
-            raise _Invalid(f"invalid value {_described(value)}", f"an integer from {minimum} to {maximum}")
+            raise _Invalid(
+                f"invalid value {_described(value)}", f"an integer from {minimum} to {maximum}"
+            )
         return value
 
     return parse
@@ -364,7 +377,9 @@ def _address_or_prefix(value: Any) -> Address | Network:
         try:
             return ipaddress.ip_address(value)
         except ValueError:
-            raise _Invalid(f"{value!r} is not an IP address (DNS names are not supported)", expected) from None
+            raise _Invalid(
+                f"{value!r} is not an IP address (DNS names are not supported)", expected
+            ) from None
     return _prefix(value, expected)
 
 
@@ -389,10 +404,14 @@ def _prefix(text: str, expected: str) -> Network:
     raise _Invalid(f"{text!r} has host bits set", f'the network address, "{network}"')
 
 
-def _proposal(protocol: ProtocolId, example: str) -> Callable[[Any], tuple[str, tuple[Transform, ...]]]:
+def _proposal(
+    protocol: ProtocolId, example: str
+) -> Callable[[Any], tuple[str, tuple[Transform, ...]]]:
     def parse(value: Any) -> tuple[str, tuple[Transform, ...]]:
         if not isinstance(value, str) or not value:
-            raise _Invalid(f"invalid value {_described(value)}", f"a proposal string such as {example}")
+            raise _Invalid(
+                f"invalid value {_described(value)}", f"a proposal string such as {example}"
+            )
         try:
             transforms = parse_proposal(value, protocol)
         except ProposalError as error:
@@ -450,7 +469,7 @@ def _decode_secret(text: str) -> bytes:
 
 
 def _check_private_file(path: Path, what: str) -> bytes:
-    """Read a file that holds a secret. Raises _Invalid if users outside its owner and
+    """Read a file that contains a secret. Raises _Invalid if users outside its owner and
     group may read or write it."""
     try:
         status = path.stat()
@@ -558,7 +577,10 @@ _CONNECTION_KEYS: dict[str, _Key] = {
     "local_port": _Key(_port, 500),
     "remote_port": _Key(_port, 500),
     "proposals": _Key(
-        _list_of(_proposal(ProtocolId.IKE, '"aes256gcm16-prfsha384-x25519"'), '["aes256gcm16-prfsha384-x25519"]'),
+        _list_of(
+            _proposal(ProtocolId.IKE, '"aes256gcm16-prfsha384-x25519"'),
+            '["aes256gcm16-prfsha384-x25519"]',
+        ),
         None,
     ),
     "version": _Key(_integer(2, 2), 2),
@@ -595,7 +617,9 @@ _PREFIXES_EXAMPLE = '["10.1.0.0/24"]'
 _CHILD_KEYS: dict[str, _Key] = {
     "local_ts": _Key(_list_of(_traffic_selector, _PREFIXES_EXAMPLE), ()),
     "remote_ts": _Key(_list_of(_traffic_selector, _PREFIXES_EXAMPLE), ()),
-    "esp_proposals": _Key(_list_of(_proposal(ProtocolId.ESP, '"aes256gcm16"'), '["aes256gcm16"]'), None),
+    "esp_proposals": _Key(
+        _list_of(_proposal(ProtocolId.ESP, '"aes256gcm16"'), '["aes256gcm16"]'), None
+    ),
     "start_action": _Key(_choice("start", "trap", "none"), "none"),
     "mode": _Key(_choice("tunnel", "transport"), "tunnel"),
     "rekey_time": _Key(_duration, 3600.0),
@@ -673,7 +697,10 @@ class _Loader:
         return None
 
     def _table(self, parent: dict[str, Any], parent_key: str, name: str) -> dict[str, Any] | None:
-        """Return the sub-table `name` ({} when absent), or None after an error if it is not a table."""
+        """Return the sub-table `name`, {} when it is absent.
+
+        Returns None, after recording an error, when the value is not a table.
+        """
         value = parent.get(name, {})
         if not isinstance(value, dict):
             self.error(_key_path(parent_key, name), f"invalid value {_described(value)}", "a table")
@@ -689,7 +716,9 @@ class _Loader:
             hint = f'; did you mean "{suggestion[0]}"?' if suggestion else ""
             self.error(_key_path(key, name), f"unknown key{hint}", "one of " + ", ".join(known))
 
-    def _read_keys(self, key: str, table: dict[str, Any], schema: dict[str, _Key]) -> dict[str, Any] | None:
+    def _read_keys(
+        self, key: str, table: dict[str, Any], schema: dict[str, _Key]
+    ) -> dict[str, Any] | None:
         """Parse the keys of `schema` from `table`. Returns None if any of them is invalid."""
         values: dict[str, Any] = {}
         valid = True
@@ -725,7 +754,11 @@ class _Loader:
             return AgentConfig()
 
         if values["port"] == values["port_nat_t"]:
-            self.error("agent.port_nat_t", f"is the same as agent.port ({values['port']})", "a different port")
+            self.error(
+                "agent.port_nat_t",
+                f"is the same as agent.port ({values['port']})",
+                "a different port",
+            )
         return AgentConfig(**values)
 
     # [secrets.NAME]
@@ -760,7 +793,11 @@ class _Loader:
 
         inline, from_file = values["secret"], values["secret_file"]
         if (inline is None) == (from_file is None):
-            self.error(key, "needs exactly one of secret and secret_file", 'secret = "..." or secret_file = "/path"')
+            self.error(
+                key,
+                "needs exactly one of secret and secret_file",
+                'secret = "..." or secret_file = "/path"',
+            )
             return None
 
         if from_file is not None:
@@ -788,7 +825,9 @@ class _Loader:
 
     # [connections.NAME]
 
-    def _connections(self, tables: dict[str, Any], secrets: dict[str, Secret]) -> dict[str, ConnectionConfig]:
+    def _connections(
+        self, tables: dict[str, Any], secrets: dict[str, Secret]
+    ) -> dict[str, ConnectionConfig]:
         connections = {}
         for name in tables:
             key = _key_path("connections", name)
@@ -810,7 +849,9 @@ class _Loader:
         if values is None or local is None or remote is None or children is None:
             return None
 
-        proposals = values.pop("proposals") or [_proposal(ProtocolId.IKE, "")(p) for p in DEFAULT_IKE_PROPOSALS]
+        proposals = values.pop("proposals") or [
+            _proposal(ProtocolId.IKE, "")(p) for p in DEFAULT_IKE_PROPOSALS
+        ]
         values["proposals"] = tuple(text for text, _ in proposals)
         values["ike_transforms"] = tuple(transforms for _, transforms in proposals)
         # Margins as in swanctl.conf: over_time defaults to 10% of the longer of rekey_time
@@ -827,7 +868,7 @@ class _Loader:
     def _endpoint(self, key: str, side: str, connection: dict[str, Any]) -> EndpointAuth | None:
         side_key = _key_path(key, side)
         if side not in connection:
-            self.error(side_key, "missing table", f'[{side_key}] with auth and id')
+            self.error(side_key, "missing table", f"[{side_key}] with auth and id")
             return None
 
         table = self._table(connection, key, side)
@@ -855,11 +896,19 @@ class _Loader:
                     self.error(_key_path(key, name), 'is only valid with auth = "pubkey"')
         elif side == "local":
             if not endpoint.certs:
-                self.error(_key_path(key, "certs"), 'missing for auth = "pubkey"', '["/etc/rmobike/gw-a.crt"]')
+                self.error(
+                    _key_path(key, "certs"),
+                    'missing for auth = "pubkey"',
+                    '["/etc/rmobike/gw-a.crt"]',
+                )
             if endpoint.key is None:
-                self.error(_key_path(key, "key"), 'missing for auth = "pubkey"', '"/etc/rmobike/gw-a.key"')
+                self.error(
+                    _key_path(key, "key"), 'missing for auth = "pubkey"', '"/etc/rmobike/gw-a.key"'
+                )
         elif not endpoint.cacerts:
-            self.error(_key_path(key, "cacerts"), 'missing for auth = "pubkey"', '["/etc/rmobike/ca.crt"]')
+            self.error(
+                _key_path(key, "cacerts"), 'missing for auth = "pubkey"', '["/etc/rmobike/ca.crt"]'
+            )
         return len(self.errors) == errors_before
 
     # [connections.NAME.children.CHILD]
@@ -888,7 +937,9 @@ class _Loader:
         if values is None:
             return None
 
-        proposals = values.pop("esp_proposals") or [_proposal(ProtocolId.ESP, "")(p) for p in DEFAULT_ESP_PROPOSALS]
+        proposals = values.pop("esp_proposals") or [
+            _proposal(ProtocolId.ESP, "")(p) for p in DEFAULT_ESP_PROPOSALS
+        ]
         values["esp_proposals"] = tuple(text for text, _ in proposals)
         values["esp_transforms"] = tuple(transforms for _, transforms in proposals)
         # As in swanctl.conf: life_time defaults to rekey_time + 10%, and rand_time to the
@@ -911,7 +962,11 @@ class _Loader:
                 f"{child.life_time:g} s is not longer than rekey_time ({child.rekey_time:g} s)",
                 "a life_time longer than rekey_time",
             )
-        if child.local_ts and child.remote_ts and not _families(child.local_ts) & _families(child.remote_ts):
+        if (
+            child.local_ts
+            and child.remote_ts
+            and not _families(child.local_ts) & _families(child.remote_ts)
+        ):
             self.error(
                 _key_path(key, "remote_ts"),
                 "has no address family in common with local_ts",
@@ -921,11 +976,19 @@ class _Loader:
 
     # Checks across a connection's tables.
 
-    def _check_connection(self, key: str, connection: ConnectionConfig, secrets: dict[str, Secret]) -> None:
+    def _check_connection(
+        self, key: str, connection: ConnectionConfig, secrets: dict[str, Secret]
+    ) -> None:
         if connection.switch and not connection.mobike:
-            self.error(_key_path(key, "switch"), "true needs mobike = true", "mobike = true, or switch = false")
+            self.error(
+                _key_path(key, "switch"),
+                "true needs mobike = true",
+                "mobike = true, or switch = false",
+            )
 
-        starting = [c.name for c in connection.children.values() if c.start_action in ("start", "trap")]
+        starting = [
+            c.name for c in connection.children.values() if c.start_action in ("start", "trap")
+        ]
         if starting and not connection.remote_hosts():
             self.error(
                 _key_path(key, "remote_addrs"),
@@ -945,7 +1008,9 @@ class _Loader:
 
         self._check_psk(key, connection, secrets)
 
-    def _check_psk(self, key: str, connection: ConnectionConfig, secrets: dict[str, Secret]) -> None:
+    def _check_psk(
+        self, key: str, connection: ConnectionConfig, secrets: dict[str, Secret]
+    ) -> None:
         ids = (connection.remote.id, connection.local.id)
         for side, endpoint in (("local", connection.local), ("remote", connection.remote)):
             if endpoint.auth != "psk":
@@ -955,7 +1020,8 @@ class _Loader:
             self.error(
                 _key_path(_key_path(key, side), "auth"),
                 f'"psk" needs a secret for {ids[0]!r} or {ids[1]!r}, and there is none',
-                f'a [secrets.{connection.name}] table with id = "{ids[0]}" and secret or secret_file',
+                f'a [secrets.{connection.name}] table with id = "{ids[0]}"'
+                " and secret or secret_file",
             )
             return
 

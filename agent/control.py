@@ -123,9 +123,7 @@ COMMANDS: dict[str, CommandSpec] = {
             (Argument("name", _parse_name, required=False),),
         ),
         CommandSpec("initiate", "initiate a connection", (Argument("name", _parse_name),)),
-        CommandSpec(
-            "terminate", "delete a connection's IKE SA", (Argument("name", _parse_name),)
-        ),
+        CommandSpec("terminate", "delete a connection's IKE SA", (Argument("name", _parse_name),)),
         CommandSpec(
             "switch",
             "move a connection's IKE SA to another local address",
@@ -190,8 +188,8 @@ class ControlServer:
     async def start(self) -> None:
         """Create the socket (mode 0600) and start serving.
 
-        Creates the directory (mode 0700) if it is missing and replaces a stale socket
-        that nobody listens on. Raises ControlSocketError when another process listens on
+        Creates the directory (mode 0700) if it is missing, and replaces a stale socket
+        (one that no process listens on). Raises ControlSocketError when another process listens on
         the path, when the path is something other than a socket, or when binding fails.
         """
         sock = _bind_socket(self.path)
@@ -217,7 +215,9 @@ class ControlServer:
             self.path.unlink()
         logger.info("control socket on %s closed", self.path)
 
-    async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         try:
             uid = _peer_uid(writer)
             if uid is not None and uid not in self.allowed_uids:
@@ -225,7 +225,9 @@ class ControlServer:
                 await _send(writer, _error(f"permission denied: uid {uid} may not use this socket"))
                 return
             if len(self._clients) >= self.max_clients:
-                logger.warning("control connection rejected: %d clients connected", len(self._clients))
+                logger.warning(
+                    "control connection rejected: %d clients connected", len(self._clients)
+                )
                 await _send(writer, _error("too many control connections; try again later"))
                 return
 
@@ -237,14 +239,20 @@ class ControlServer:
             self._clients.discard(writer)
             writer.close()
 
-    async def _serve_requests(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve_requests(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         while True:
             try:
                 line = await asyncio.wait_for(reader.readline(), self.idle_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
+                logger.debug("closing control connection idle for %g s", self.idle_timeout)
                 return
             except (ValueError, asyncio.LimitOverrunError):
                 # StreamReader.readline raises ValueError for a line over the limit.
+                logger.warning(
+                    "control request rejected: longer than %d bytes", self.max_request_bytes
+                )
                 await _send(
                     writer,
                     _error(f"request too long: the maximum is {self.max_request_bytes} bytes"),
@@ -261,12 +269,17 @@ class ControlServer:
         try:
             name, args = self._parse_request(line)
         except CommandError as error:
+            logger.info("control request rejected: %s", error)
             return _error(str(error))
+
+        logger.debug("control command %s %s", name, args)
 
         try:
             result = self.handlers[name](args)
             if inspect.isawaitable(result):
                 result = await result
+            # Encode once here, so that a result that JSON cannot represent becomes an
+            # error response instead of a dropped connection.
             _encode({"ok": True, "result": result})
         except CommandError as error:
             logger.info("control command %s failed: %s", name, error)
@@ -396,7 +409,9 @@ def _bind_socket(path: Path) -> socket.socket:
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as error:
-        raise ControlSocketError(f"cannot create directory {path.parent}: {error.strerror}") from None
+        raise ControlSocketError(
+            f"cannot create directory {path.parent}: {error.strerror}"
+        ) from None
     _remove_stale_socket(path)
 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -433,7 +448,9 @@ def _remove_stale_socket(path: Path) -> None:
         raise ControlSocketError(f"cannot check existing socket {path}: {error.strerror}") from None
     finally:
         probe.close()
-    raise ControlSocketError(f"another process is listening on {path}; is rmobiked already running?")
+    raise ControlSocketError(
+        f"another process is listening on {path}; is rmobiked already running?"
+    )
 
 
 class ControlClient:
@@ -467,7 +484,7 @@ class ControlClient:
                 sock.settimeout(_remaining(deadline))
                 sock.sendall(request)
                 line = self._read_line(sock, deadline)
-            except (socket.timeout, TimeoutError):
+            except TimeoutError:
                 raise ControlClientError(
                     f"no response from rmobiked on {self.path} within {self.timeout:g} s"
                 ) from None
@@ -494,7 +511,7 @@ class ControlClient:
             raise ControlClientError(
                 f"permission denied on control socket {self.path}: run rmobikectl as root"
             ) from None
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             raise ControlClientError(
                 f"connecting to control socket {self.path} timed out after {self.timeout:g} s"
             ) from None
@@ -539,7 +556,7 @@ class ControlClient:
 def _remaining(deadline: float) -> float:
     remaining = deadline - time.monotonic()
     if remaining <= 0:
-        raise socket.timeout("timed out")
+        raise TimeoutError("timed out")
     return remaining
 
 

@@ -46,7 +46,9 @@ def parse_level(name: str) -> int:
     try:
         return LEVELS[name.lower()]
     except (KeyError, AttributeError):
-        raise ValueError(f"invalid log level {name!r}; expected one of {', '.join(LEVELS)}") from None
+        raise ValueError(
+            f"invalid log level {name!r}; expected one of {', '.join(LEVELS)}"
+        ) from None
 
 
 def set_level(name: str) -> None:

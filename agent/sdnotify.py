@@ -111,7 +111,7 @@ class Notifier:
             self.watchdog()
             try:
                 await asyncio.wait_for(stop.wait(), interval / 2)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def notify(self, *assignments: str | None) -> bool:

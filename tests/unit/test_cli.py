@@ -96,14 +96,19 @@ class FakeDaemon:
 
 
 def run_cli(tmp_path, argv, daemon=None):
-    """Run rmobikectl against a control server in a temporary directory; return (status, stdout, stderr)."""
+    """Run rmobikectl against a control server in a temporary directory.
+
+    Returns the exit status, stdout and stderr.
+    """
     daemon = daemon or FakeDaemon()
     path = tmp_path / "control.sock"
     stdout, stderr = io.StringIO(), io.StringIO()
 
     async def scenario():
         async with ControlServer(path, daemon.handlers()):
-            return await asyncio.to_thread(cli.main, [*argv, "--socket", str(path)], stdout=stdout, stderr=stderr)
+            return await asyncio.to_thread(
+                cli.main, [*argv, "--socket", str(path)], stdout=stdout, stderr=stderr
+            )
 
     status = asyncio.run(asyncio.wait_for(scenario(), 20.0))
     return status, stdout.getvalue(), stderr.getvalue()
@@ -122,7 +127,18 @@ def test_cli_list_sas_table(tmp_path):
 
     lines = out.splitlines()
     assert status == 0
-    assert lines[0].split() == ["NAME", "STATE", "ROLE", "LOCAL", "REMOTE", "SPI_I", "SPI_R", "MOBIKE", "SWITCH", "NAT"]
+    assert lines[0].split() == [
+        "NAME",
+        "STATE",
+        "ROLE",
+        "LOCAL",
+        "REMOTE",
+        "SPI_I",
+        "SPI_R",
+        "MOBIKE",
+        "SWITCH",
+        "NAT",
+    ]
     assert lines[1].split() == [
         "site", "ESTABLISHED", "initiator", "198.51.100.10:4500", "198.51.100.20:4500",
         "1a2b3c4d5e6f7081", "0807060504030201", "yes", "yes", "remote",
@@ -209,7 +225,9 @@ def test_cli_switch(tmp_path):
     status, _, _ = run_cli(tmp_path, ["switch", "site", "--to", "203.0.113.10"], daemon)
 
     assert status == 0
-    assert daemon.calls == [("record", {"name": "site", "to": ipaddress.ip_address("203.0.113.10")})]
+    assert daemon.calls == [
+        ("record", {"name": "site", "to": ipaddress.ip_address("203.0.113.10")})
+    ]
 
 
 def test_cli_switch_invalid_address(tmp_path, capsys):
@@ -226,7 +244,12 @@ def test_cli_reload(tmp_path):
     status, out, _ = run_cli(tmp_path, ["reload"])
 
     assert status == 0
-    assert out.splitlines() == ["added: fresh", "removed: none", "changed: site", "unchanged: backup"]
+    assert out.splitlines() == [
+        "added: fresh",
+        "removed: none",
+        "changed: site",
+        "unchanged: backup",
+    ]
 
 
 def test_cli_log_level(tmp_path):
@@ -251,7 +274,9 @@ def test_cli_socket_option_before_command(tmp_path):
 
     async def scenario():
         async with ControlServer(path, FakeDaemon().handlers()):
-            return await asyncio.to_thread(cli.main, ["--socket", str(path), "--json", "status"], stdout=stdout)
+            return await asyncio.to_thread(
+                cli.main, ["--socket", str(path), "--json", "status"], stdout=stdout
+            )
 
     status = asyncio.run(asyncio.wait_for(scenario(), 20.0))
 
@@ -265,7 +290,9 @@ def test_cli_socket_missing(tmp_path):
     status = cli.main(["status", "--socket", str(tmp_path / "absent.sock")], stderr=stderr)
 
     assert status == cli.EXIT_UNREACHABLE
-    assert stderr.getvalue() == f"rmobikectl: control socket {tmp_path / 'absent.sock'} not found: is rmobiked running?\n"
+    socket_path = tmp_path / "absent.sock"
+    expected = f"rmobikectl: control socket {socket_path} not found: is rmobiked running?\n"
+    assert stderr.getvalue() == expected
 
 
 def test_cli_without_command(capsys):
@@ -282,7 +309,9 @@ def test_cli_version(capsys):
     assert capsys.readouterr().out.startswith("rmobikectl ")
 
 
-@pytest.mark.parametrize("command", ["status", "list-sas", "initiate", "terminate", "switch", "reload", "log-level"])
+@pytest.mark.parametrize(
+    "command", ["status", "list-sas", "initiate", "terminate", "switch", "reload", "log-level"]
+)
 def test_cli_socket_option_on_every_command(command, capsys):
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args([command, "--help"])

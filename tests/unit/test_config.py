@@ -19,9 +19,9 @@ from agent.config import (
 )
 from agent.ike.constants import IdType
 
-# The configuration example of the daemon's specification, verbatim. Scripts outside the
-# project write these keys, so this file must always load.
-ISSUE_EXAMPLE = """\
+# The example that defines the configuration keys, verbatim. Scripts outside the project
+# write these keys, so this file must always load.
+CONTRACT_EXAMPLE = """\
 [agent]
 control_socket = "/run/rmobike/control.sock"
 
@@ -98,8 +98,8 @@ def single_error(tmp_path: Path, text: str) -> str:
 # --- Happy path ----------------------------------------------------------------------
 
 
-def test_issue_example_loads(tmp_path):
-    config = load_config(write_config(tmp_path, ISSUE_EXAMPLE))
+def test_contract_example_loads(tmp_path):
+    config = load_config(write_config(tmp_path, CONTRACT_EXAMPLE))
 
     assert config.agent.control_socket == Path("/run/rmobike/control.sock")
     site = config.connections["site"]
@@ -123,8 +123,8 @@ def test_issue_example_loads(tmp_path):
     assert site.remote.id == "gw-b.example.net"
 
 
-def test_issue_example_child_and_secret(tmp_path):
-    config = load_config(write_config(tmp_path, ISSUE_EXAMPLE))
+def test_contract_example_child_and_secret(tmp_path):
+    config = load_config(write_config(tmp_path, CONTRACT_EXAMPLE))
 
     lan = config.connections["site"].children["lan"]
     assert lan.local_ts == (ipaddress.ip_network("10.1.0.0/24"),)
@@ -137,6 +137,19 @@ def test_issue_example_child_and_secret(tmp_path):
     assert secret.id == "gw-b.example.net"
     assert secret.secret == "…".encode()
     assert config.psk_for("gw-a.example.net", "gw-b.example.net") is secret
+
+
+def test_packaged_example_loads(tmp_path):
+    example = Path(__file__).parents[2] / "packaging" / "rmobike.toml.example"
+    psk = tmp_path / "site.psk"
+    psk.write_text("0x" + "ab" * 32 + "\n")
+    psk.chmod(0o600)
+    text = example.read_text().replace("/etc/rmobike/site.psk", str(psk))
+
+    config = load_config(write_config(tmp_path, text))
+
+    assert config.connections["site"].children["lan"].start_action == "start"
+    assert config.secrets["site"].secret == b"\xab" * 32
 
 
 def test_defaults_of_minimal_config(tmp_path):
@@ -169,18 +182,20 @@ def test_defaults_of_minimal_config(tmp_path):
 
 
 def test_no_connections_is_valid(tmp_path):
-    config = load_config(write_config(tmp_path, "[agent]\nlog_level = \"debug\"\n"))
+    config = load_config(write_config(tmp_path, '[agent]\nlog_level = "debug"\n'))
 
     assert config.connections == {}
     assert config.agent.log_level == "debug"
 
 
 def test_check_config_valid_returns_empty(tmp_path):
-    assert check_config(write_config(tmp_path, ISSUE_EXAMPLE)) == []
+    assert check_config(write_config(tmp_path, CONTRACT_EXAMPLE)) == []
 
 
 def test_check_config_returns_errors(tmp_path):
-    path = write_config(tmp_path, MINIMAL.replace('auth = "psk"\nid = "gw-a', 'auth = "rsa"\nid = "gw-a'))
+    path = write_config(
+        tmp_path, MINIMAL.replace('auth = "psk"\nid = "gw-a', 'auth = "rsa"\nid = "gw-a')
+    )
 
     errors = check_config(path)
 
@@ -216,7 +231,9 @@ def test_error_invalid_toml(tmp_path):
 
 
 def test_error_unknown_key_suggests(tmp_path):
-    error = single_error(tmp_path, MINIMAL.replace("[connections.site]\n", '[connections.site]\ndpd_dealy = "10s"\n'))
+    error = single_error(
+        tmp_path, MINIMAL.replace("[connections.site]\n", '[connections.site]\ndpd_dealy = "10s"\n')
+    )
 
     assert error.startswith(str(tmp_path / "rmobike.toml"))
     assert "connections.site.dpd_dealy: unknown key" in error
@@ -224,14 +241,16 @@ def test_error_unknown_key_suggests(tmp_path):
 
 
 def test_error_unknown_top_level_table(tmp_path):
-    error = single_error(tmp_path, MINIMAL + "\n[secret.other]\nid = \"x\"\n")
+    error = single_error(tmp_path, MINIMAL + '\n[secret.other]\nid = "x"\n')
 
     assert "secret: unknown key" in error
     assert 'did you mean "secrets"?' in error
 
 
 def test_error_unknown_child_key(tmp_path):
-    text = MINIMAL.replace('remote_ts = ["10.2.0.0/24"]', 'remote_ts = ["10.2.0.0/24"]\nesp = ["aes256gcm16"]')
+    text = MINIMAL.replace(
+        'remote_ts = ["10.2.0.0/24"]', 'remote_ts = ["10.2.0.0/24"]\nesp = ["aes256gcm16"]'
+    )
 
     error = single_error(tmp_path, text)
 
@@ -239,7 +258,10 @@ def test_error_unknown_child_key(tmp_path):
 
 
 def test_error_key_on_wrong_side(tmp_path):
-    text = MINIMAL.replace('id = "gw-b.example.net"\n\n[connections', 'id = "gw-b.example.net"\nkey = "/k"\n\n[connections')
+    text = MINIMAL.replace(
+        'id = "gw-b.example.net"\n\n[connections',
+        'id = "gw-b.example.net"\nkey = "/k"\n\n[connections',
+    )
 
     error = single_error(tmp_path, text)
 
@@ -248,14 +270,19 @@ def test_error_key_on_wrong_side(tmp_path):
 
 
 def test_error_wrong_type(tmp_path):
-    error = single_error(tmp_path, MINIMAL.replace("[connections.site]\n", '[connections.site]\nmobike = "yes"\n'))
+    error = single_error(
+        tmp_path, MINIMAL.replace("[connections.site]\n", '[connections.site]\nmobike = "yes"\n')
+    )
 
     assert "connections.site.mobike: invalid value string 'yes'" in error
     assert "(expected true or false)" in error
 
 
 def test_error_invalid_duration(tmp_path):
-    error = single_error(tmp_path, MINIMAL.replace("[connections.site]\n", '[connections.site]\ndpd_delay = "10 sec"\n'))
+    error = single_error(
+        tmp_path,
+        MINIMAL.replace("[connections.site]\n", '[connections.site]\ndpd_delay = "10 sec"\n'),
+    )
 
     assert "connections.site.dpd_delay: invalid duration '10 sec'" in error
     assert '"10s"' in error
@@ -285,7 +312,9 @@ def test_error_address_list_not_array(tmp_path):
 
 
 def test_error_traffic_selector_host_bits(tmp_path):
-    text = MINIMAL.replace('local_ts = ["10.1.0.0/24"]', 'local_ts = ["10.1.0.0/24", "10.3.0.1/24"]')
+    text = MINIMAL.replace(
+        'local_ts = ["10.1.0.0/24"]', 'local_ts = ["10.1.0.0/24", "10.3.0.1/24"]'
+    )
 
     error = single_error(tmp_path, text)
 
@@ -298,11 +327,17 @@ def test_error_traffic_selector_not_prefix(tmp_path):
 
     error = single_error(tmp_path, text)
 
-    assert "connections.site.children.lan.local_ts[0]: '10.1.0.0/24[tcp/80]' is not an IP prefix" in error
+    assert (
+        "connections.site.children.lan.local_ts[0]: '10.1.0.0/24[tcp/80]' is not an IP prefix"
+        in error
+    )
 
 
 def test_error_invalid_ike_proposal(tmp_path):
-    text = MINIMAL.replace("[connections.site]\n", '[connections.site]\nproposals = ["aes256gcm16-prfsha384-x25519", "aes999-nothing"]\n')
+    text = MINIMAL.replace(
+        "[connections.site]\n",
+        '[connections.site]\nproposals = ["aes256gcm16-prfsha384-x25519", "aes999-nothing"]\n',
+    )
 
     error = single_error(tmp_path, text)
 
@@ -310,7 +345,10 @@ def test_error_invalid_ike_proposal(tmp_path):
 
 
 def test_error_invalid_esp_proposal(tmp_path):
-    text = MINIMAL.replace('remote_ts = ["10.2.0.0/24"]', 'remote_ts = ["10.2.0.0/24"]\nesp_proposals = ["aes999gcm16"]')
+    text = MINIMAL.replace(
+        'remote_ts = ["10.2.0.0/24"]',
+        'remote_ts = ["10.2.0.0/24"]\nesp_proposals = ["aes999gcm16"]',
+    )
 
     error = single_error(tmp_path, text)
 
@@ -333,7 +371,9 @@ def test_error_missing_endpoint_table(tmp_path):
 
 
 def test_error_invalid_choice(tmp_path):
-    text = MINIMAL.replace('remote_ts = ["10.2.0.0/24"]', 'remote_ts = ["10.2.0.0/24"]\nstart_action = "route"')
+    text = MINIMAL.replace(
+        'remote_ts = ["10.2.0.0/24"]', 'remote_ts = ["10.2.0.0/24"]\nstart_action = "route"'
+    )
 
     error = single_error(tmp_path, text)
 
@@ -342,14 +382,19 @@ def test_error_invalid_choice(tmp_path):
 
 
 def test_error_ike_version_one(tmp_path):
-    error = single_error(tmp_path, MINIMAL.replace("[connections.site]\n", "[connections.site]\nversion = 1\n"))
+    error = single_error(
+        tmp_path, MINIMAL.replace("[connections.site]\n", "[connections.site]\nversion = 1\n")
+    )
 
     assert "connections.site.version: invalid value integer 1" in error
     assert "an integer from 2 to 2" in error
 
 
 def test_error_port_out_of_range(tmp_path):
-    error = single_error(tmp_path, MINIMAL.replace("[connections.site]\n", "[connections.site]\nremote_port = 70000\n"))
+    error = single_error(
+        tmp_path,
+        MINIMAL.replace("[connections.site]\n", "[connections.site]\nremote_port = 70000\n"),
+    )
 
     assert "connections.site.remote_port: invalid value integer 70000" in error
     assert "from 1 to 65535" in error
@@ -376,7 +421,9 @@ def test_error_agent_same_ports(tmp_path):
 
 
 def test_error_switch_without_mobike(tmp_path):
-    text = MINIMAL.replace("[connections.site]\n", "[connections.site]\nmobike = false\nswitch = true\n")
+    text = MINIMAL.replace(
+        "[connections.site]\n", "[connections.site]\nmobike = false\nswitch = true\n"
+    )
 
     error = single_error(tmp_path, text)
 
@@ -385,7 +432,9 @@ def test_error_switch_without_mobike(tmp_path):
 
 def test_error_start_without_remote_address(tmp_path):
     text = MINIMAL.replace('remote_addrs = ["198.51.100.20"]', 'remote_addrs = ["198.51.100.0/24"]')
-    text = text.replace('remote_ts = ["10.2.0.0/24"]', 'remote_ts = ["10.2.0.0/24"]\nstart_action = "trap"')
+    text = text.replace(
+        'remote_ts = ["10.2.0.0/24"]', 'remote_ts = ["10.2.0.0/24"]\nstart_action = "trap"'
+    )
 
     error = single_error(tmp_path, text)
 
@@ -394,7 +443,9 @@ def test_error_start_without_remote_address(tmp_path):
 
 
 def test_responder_without_remote_address(tmp_path):
-    config = load_config(write_config(tmp_path, MINIMAL.replace('remote_addrs = ["198.51.100.20"]\n', "")))
+    config = load_config(
+        write_config(tmp_path, MINIMAL.replace('remote_addrs = ["198.51.100.20"]\n', ""))
+    )
 
     site = config.connections["site"]
     assert site.remote_addrs == ()
@@ -402,11 +453,15 @@ def test_responder_without_remote_address(tmp_path):
 
 
 def test_error_address_families_differ(tmp_path):
-    text = MINIMAL.replace("[connections.site]\n", '[connections.site]\nlocal_addrs = ["2001:db8::1"]\n')
+    text = MINIMAL.replace(
+        "[connections.site]\n", '[connections.site]\nlocal_addrs = ["2001:db8::1"]\n'
+    )
 
     error = single_error(tmp_path, text)
 
-    assert "connections.site.remote_addrs: has no address family in common with local_addrs" in error
+    assert (
+        "connections.site.remote_addrs: has no address family in common with local_addrs" in error
+    )
 
 
 def test_error_selector_families_differ(tmp_path):
@@ -418,29 +473,45 @@ def test_error_selector_families_differ(tmp_path):
 
 
 def test_error_life_time_not_longer(tmp_path):
-    text = MINIMAL.replace('remote_ts = ["10.2.0.0/24"]', 'remote_ts = ["10.2.0.0/24"]\nrekey_time = "1h"\nlife_time = "30m"')
+    text = MINIMAL.replace(
+        'remote_ts = ["10.2.0.0/24"]',
+        'remote_ts = ["10.2.0.0/24"]\nrekey_time = "1h"\nlife_time = "30m"',
+    )
 
     error = single_error(tmp_path, text)
 
-    assert "connections.site.children.lan.life_time: 1800 s is not longer than rekey_time (3600 s)" in error
+    assert (
+        "connections.site.children.lan.life_time: 1800 s is not longer than rekey_time (3600 s)"
+        in error
+    )
 
 
 def test_error_psk_without_secret(tmp_path):
-    text = MINIMAL.replace('[secrets.site]\nid = "gw-b.example.net"\nsecret = "correct horse battery staple"\n', "")
+    text = MINIMAL.replace(
+        '[secrets.site]\nid = "gw-b.example.net"\nsecret = "correct horse battery staple"\n', ""
+    )
 
     error = single_error(tmp_path, text)
 
-    assert "connections.site.local.auth: \"psk\" needs a secret for 'gw-b.example.net' or 'gw-a.example.net'" in error
+    assert (
+        'connections.site.local.auth: "psk" needs a secret'
+        " for 'gw-b.example.net' or 'gw-a.example.net'" in error
+    )
     assert "[secrets.site]" in error
 
 
 def test_error_psk_with_certs(tmp_path):
-    text = MINIMAL.replace('id = "gw-a.example.net"\n', 'id = "gw-a.example.net"\ncerts = []\nkey = "/nonexistent/key.pem"\n')
+    text = MINIMAL.replace(
+        'id = "gw-a.example.net"\n',
+        'id = "gw-a.example.net"\ncerts = []\nkey = "/nonexistent/key.pem"\n',
+    )
 
     errors = errors_of(tmp_path, text)
 
     assert len(errors) == 1
-    assert "connections.site.local.key: private key file /nonexistent/key.pem not found" in errors[0]
+    assert (
+        "connections.site.local.key: private key file /nonexistent/key.pem not found" in errors[0]
+    )
 
 
 def test_error_pubkey_without_credentials(tmp_path):
@@ -456,7 +527,9 @@ def test_error_pubkey_without_credentials(tmp_path):
 
 
 def test_error_invalid_connection_name(tmp_path):
-    text = MINIMAL.replace("[connections.site]", '[connections."my site"]').replace("connections.site.", 'connections."my site".')
+    text = MINIMAL.replace("[connections.site]", '[connections."my site"]').replace(
+        "connections.site.", 'connections."my site".'
+    )
 
     errors = errors_of(tmp_path, text)
 
@@ -471,9 +544,11 @@ def test_error_table_expected(tmp_path):
 
 
 def test_errors_are_all_collected(tmp_path):
-    text = MINIMAL.replace("[connections.site]\n", '[connections.site]\nmobike = 1\ndpd_delay = "soon"\nbogus = 1\n')
+    text = MINIMAL.replace(
+        "[connections.site]\n", '[connections.site]\nmobike = 1\ndpd_delay = "soon"\nbogus = 1\n'
+    )
     text = text.replace('local_ts = ["10.1.0.0/24"]', 'local_ts = ["10.1.0.1/24"]')
-    text += '\n[agent]\nport = 0\n'
+    text += "\n[agent]\nport = 0\n"
 
     errors = errors_of(tmp_path, text)
 
@@ -517,7 +592,10 @@ def test_secret_file_world_readable(tmp_path):
     errors = errors_of(tmp_path, secret_config(f'secret_file = "{psk}"\n'))
 
     assert len(errors) == 2  # the secret itself, and the connection that needs it
-    assert f"secrets.site.secret_file: secret file {psk} is accessible to all users (mode 0644)" in errors[0]
+    assert (
+        f"secrets.site.secret_file: secret file {psk} is accessible to all users (mode 0644)"
+        in errors[0]
+    )
     assert f"chmod o-rwx {psk}" in errors[0]
 
 
@@ -552,7 +630,10 @@ def test_secret_neither_form(tmp_path):
 
 
 def test_secret_hex_and_base64(tmp_path):
-    text = secret_config('secret = "0x00ff10"\n') + '\n[secrets.other]\nid = "gw-a.example.net"\nsecret = "0sAAEC"\n'
+    text = (
+        secret_config('secret = "0x00ff10"\n')
+        + '\n[secrets.other]\nid = "gw-a.example.net"\nsecret = "0sAAEC"\n'
+    )
 
     config = load_config(write_config(tmp_path, text))
 
@@ -604,7 +685,7 @@ def write_credentials(tmp_path: Path, key_mode: int = 0o600) -> tuple[Path, Path
     """Write a self-signed EC certificate and its unencrypted key as PEM files."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gw-a.example.net")])
-    now = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
+    now = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
     certificate = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -667,7 +748,10 @@ def test_pubkey_invalid_certificate(tmp_path):
 
     error = single_error(tmp_path, pubkey_config(cert, key, garbage))
 
-    assert f"connections.site.remote.cacerts[0]: {garbage} is not a PEM or DER X.509 certificate" in error
+    assert (
+        f"connections.site.remote.cacerts[0]: {garbage} is not a PEM or DER X.509 certificate"
+        in error
+    )
 
 
 def test_pubkey_encrypted_key(tmp_path):
@@ -683,7 +767,10 @@ def test_pubkey_encrypted_key(tmp_path):
 
     error = single_error(tmp_path, pubkey_config(cert, key, cert))
 
-    assert f"connections.site.local.key: {key} is encrypted (expected an unencrypted private key)" in error
+    assert (
+        f"connections.site.local.key: {key} is encrypted (expected an unencrypted private key)"
+        in error
+    )
 
 
 # --- Identities and address policy ---------------------------------------------------
@@ -718,7 +805,8 @@ def test_identity_invalid_key_id(tmp_path):
 def test_address_policy(tmp_path):
     text = MINIMAL.replace(
         'remote_addrs = ["198.51.100.20"]',
-        'remote_addrs = ["198.51.100.20", "203.0.113.0/24", "2001:db8:b::/48"]\nlocal_addrs = ["198.51.100.10"]',
+        'remote_addrs = ["198.51.100.20", "203.0.113.0/24", "2001:db8:b::/48"]\n'
+        'local_addrs = ["198.51.100.10"]',
     )
 
     site = load_config(write_config(tmp_path, text)).connections["site"]
@@ -757,7 +845,12 @@ secret = "correct horse battery staple"
 
 
 def test_diff_added_removed_changed_unchanged(tmp_path):
-    old_text = connection_table("site") + connection_table("keep") + connection_table("gone") + SECRET_TABLE
+    old_text = (
+        connection_table("site")
+        + connection_table("keep")
+        + connection_table("gone")
+        + SECRET_TABLE
+    )
     new_text = (
         connection_table("site", 'dpd_delay = "30s"')
         + connection_table("keep")
@@ -778,7 +871,9 @@ def test_diff_added_removed_changed_unchanged(tmp_path):
 
 def test_diff_child_change_changes_connection(tmp_path):
     old = load_config(write_config(tmp_path, MINIMAL, "old.toml"))
-    new_text = MINIMAL.replace('remote_ts = ["10.2.0.0/24"]', 'remote_ts = ["10.2.0.0/24", "10.4.0.0/24"]')
+    new_text = MINIMAL.replace(
+        'remote_ts = ["10.2.0.0/24"]', 'remote_ts = ["10.2.0.0/24", "10.4.0.0/24"]'
+    )
     new = load_config(write_config(tmp_path, new_text, "new.toml"))
 
     diff = diff_configs(old, new)
@@ -789,7 +884,9 @@ def test_diff_child_change_changes_connection(tmp_path):
 
 def test_diff_secret_change_keeps_connection(tmp_path):
     old = load_config(write_config(tmp_path, MINIMAL, "old.toml"))
-    new = load_config(write_config(tmp_path, MINIMAL.replace("battery staple", "new secret"), "new.toml"))
+    new = load_config(
+        write_config(tmp_path, MINIMAL.replace("battery staple", "new secret"), "new.toml")
+    )
 
     diff = diff_configs(old, new)
 
@@ -799,7 +896,9 @@ def test_diff_secret_change_keeps_connection(tmp_path):
 
 def test_diff_agent_keys(tmp_path):
     old = load_config(write_config(tmp_path, MINIMAL, "old.toml"))
-    new = load_config(write_config(tmp_path, '[agent]\nlog_level = "debug"\n' + MINIMAL, "new.toml"))
+    new = load_config(
+        write_config(tmp_path, '[agent]\nlog_level = "debug"\n' + MINIMAL, "new.toml")
+    )
 
     diff = diff_configs(old, new)
 

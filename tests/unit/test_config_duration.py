@@ -29,7 +29,22 @@ def test_duration_valid(value, seconds):
 
 @pytest.mark.parametrize(
     "value",
-    [True, -1, -0.5, float("inf"), float("nan"), "", "s", "10 sec", "10x", "-5s", "1h-30m", "ten", None, [10]],
+    [
+        True,
+        -1,
+        -0.5,
+        float("inf"),
+        float("nan"),
+        "",
+        "s",
+        "10 sec",
+        "10x",
+        "-5s",
+        "1h-30m",
+        "ten",
+        None,
+        [10],
+    ],
 )
 def test_duration_invalid(value):
     with pytest.raises(DurationError) as raised:

@@ -1,4 +1,4 @@
-"""Tests for agent.control: the control socket server and client over a socket in a temporary directory."""
+"""Tests for agent.control: the control server and client over a socket in a temporary directory."""
 
 import asyncio
 import ipaddress
@@ -204,10 +204,19 @@ def test_request_several_on_one_connection(tmp_path):
         (b'{"command": 5}\n', 'invalid request: "command" must be a string'),
         (b'{"command": "status", "args": []}\n', 'invalid request: "args" must be a JSON object'),
         (b'{"command": "status", "verbose": true}\n', "invalid request: unknown field 'verbose'"),
-        (b'{"command": "shutdown"}\n', "unknown command 'shutdown'; known commands: initiate, status"),
+        (
+            b'{"command": "shutdown"}\n',
+            "unknown command 'shutdown'; known commands: initiate, status",
+        ),
         (b'{"command": "initiate"}\n', "command initiate: missing argument 'name'"),
-        (b'{"command": "initiate", "args": {"name": ""}}\n', "command initiate: invalid argument 'name'"),
-        (b'{"command": "status", "args": {"all": 1}}\n', "command status: unknown argument 'all'; accepted arguments: none"),
+        (
+            b'{"command": "initiate", "args": {"name": ""}}\n',
+            "command initiate: invalid argument 'name'",
+        ),
+        (
+            b'{"command": "status", "args": {"all": 1}}\n',
+            "command status: unknown argument 'all'; accepted arguments: none",
+        ),
         (b"\xff\xfe\n", "invalid JSON in request"),
     ],
 )
@@ -235,7 +244,8 @@ def test_request_invalid_address_argument(tmp_path):
 
     assert response == {
         "ok": False,
-        "error": "command switch: invalid argument 'to': 'gw-b.example.net' is not an IPv4 or IPv6 address",
+        "error": "command switch: invalid argument 'to':"
+        " 'gw-b.example.net' is not an IPv4 or IPv6 address",
     }
 
 
@@ -249,7 +259,9 @@ def test_request_too_long_closes_connection(tmp_path):
 
     responses = run(scenario())
 
-    assert responses == [{"ok": False, "error": f"request too long: the maximum is {MAX_REQUEST_BYTES} bytes"}]
+    assert responses == [
+        {"ok": False, "error": f"request too long: the maximum is {MAX_REQUEST_BYTES} bytes"}
+    ]
 
 
 def test_handler_command_error(tmp_path):
@@ -331,7 +343,10 @@ def test_server_rejects_other_uid(tmp_path):
 
     (response,) = run(scenario())
 
-    assert response == {"ok": False, "error": f"permission denied: uid {os.geteuid()} may not use this socket"}
+    assert response == {
+        "ok": False,
+        "error": f"permission denied: uid {os.geteuid()} may not use this socket",
+    }
 
 
 def test_server_limits_clients(tmp_path):
@@ -390,7 +405,10 @@ def test_client_socket_missing(tmp_path):
     with pytest.raises(ControlClientError) as raised:
         client.call("status")
 
-    assert str(raised.value) == f"control socket {tmp_path / 'control.sock'} not found: is rmobiked running?"
+    assert (
+        str(raised.value)
+        == f"control socket {tmp_path / 'control.sock'} not found: is rmobiked running?"
+    )
 
 
 def test_client_connection_refused(tmp_path):
@@ -406,7 +424,7 @@ def test_client_connection_refused(tmp_path):
 
 
 class SilentServer:
-    """A listening socket that accepts connections and answers with fixed bytes, or nothing."""
+    """A listening socket that accepts one connection and replies with fixed bytes, or never."""
 
     def __init__(self, path: Path, reply: bytes | None) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

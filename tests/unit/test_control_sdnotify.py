@@ -14,7 +14,7 @@ from agent.sdnotify import Notifier
 
 @pytest.fixture
 def notify_socket(tmp_path):
-    """A bound datagram socket that stands in for systemd's notification socket."""
+    """A bound datagram socket in place of systemd's notification socket."""
     path = tmp_path / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(path))
@@ -121,7 +121,9 @@ def test_notify_uses_systemd_python(monkeypatch):
     ],
 )
 def test_watchdog_interval(environ, seconds):
-    notifier = Notifier({"NOTIFY_SOCKET": "/run/systemd/notify", **environ}, use_systemd_python=False)
+    notifier = Notifier(
+        {"NOTIFY_SOCKET": "/run/systemd/notify", **environ}, use_systemd_python=False
+    )
 
     assert notifier.watchdog_interval() == seconds
 
@@ -135,7 +137,9 @@ def test_run_watchdog_pings_until_stopped(notify_socket):
         stop = asyncio.Event()
         task = asyncio.create_task(notifier.run_watchdog(stop))
         loop = asyncio.get_running_loop()
-        pings = [(await asyncio.wait_for(loop.sock_recv(sock, 4096), 5.0)).decode() for _ in range(2)]
+        pings = [
+            (await asyncio.wait_for(loop.sock_recv(sock, 4096), 5.0)).decode() for _ in range(2)
+        ]
         stop.set()
         await asyncio.wait_for(task, 5.0)
         return pings

@@ -49,7 +49,13 @@ def captured():
 
 def test_sa_logger_fields(captured):
     logger, records = captured
-    log = SaLogger(logger, "site", spi_i=bytes.fromhex("1a2b3c4d5e6f7081"), spi_r=0, peer=("198.51.100.20", 4500))
+    log = SaLogger(
+        logger,
+        "site",
+        spi_i=bytes.fromhex("1a2b3c4d5e6f7081"),
+        spi_r=0,
+        peer=("198.51.100.20", 4500),
+    )
 
     log.info("IKE SA established")
 
@@ -87,14 +93,23 @@ def test_sa_logger_keeps_caller_extra(captured):
 
 def test_formatter_prefix():
     formatter = SaFormatter("%(levelname)s %(message)s")
-    record = logging.LogRecord("agent.x", logging.INFO, __file__, 1, "switch %s -> %s", ("198.51.100.10", "203.0.113.10"), None)
+    record = logging.LogRecord(
+        "agent.x",
+        logging.INFO,
+        __file__,
+        1,
+        "switch %s -> %s",
+        ("198.51.100.10", "203.0.113.10"),
+        None,
+    )
     record.IKE_SA = "site"
     record.PEER = "198.51.100.20:4500"
     record.CHILD_SA = "lan"
 
     text = formatter.format(record)
 
-    assert text == "INFO [ike_sa=site child_sa=lan peer=198.51.100.20:4500] switch 198.51.100.10 -> 203.0.113.10"
+    tags = "[ike_sa=site child_sa=lan peer=198.51.100.20:4500]"
+    assert text == f"INFO {tags} switch 198.51.100.10 -> 203.0.113.10"
 
 
 def test_formatter_without_sa_fields():
@@ -116,11 +131,15 @@ def test_formatter_prefix_with_percent_in_peer():
 def test_journal_handler_sends_fields(captured):
     logger, _ = captured
     sent = []
-    handler = JournalHandler(lambda message, **fields: sent.append((message, fields)), identifier="rmobiked")
+    handler = JournalHandler(
+        lambda message, **fields: sent.append((message, fields)), identifier="rmobiked"
+    )
     handler.setFormatter(SaFormatter("%(message)s"))
     logger.addHandler(handler)
     try:
-        SaLogger(logger, "site", peer="198.51.100.20").child("lan").warning("peer sent %s", "TS_UNACCEPTABLE")
+        SaLogger(logger, "site", peer="198.51.100.20").child("lan").warning(
+            "peer sent %s", "TS_UNACCEPTABLE"
+        )
     finally:
         logger.removeHandler(handler)
 
@@ -240,4 +259,7 @@ def test_parse_level_invalid():
     with pytest.raises(ValueError) as raised:
         logs.parse_level("verbose")
 
-    assert str(raised.value) == "invalid log level 'verbose'; expected one of debug, info, warning, error"
+    assert (
+        str(raised.value)
+        == "invalid log level 'verbose'; expected one of debug, info, warning, error"
+    )
