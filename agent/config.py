@@ -348,10 +348,14 @@ def _absolute_path(value: Any) -> Path:
     return Path(value)
 
 
-def _list_of(parse_item: Callable[[Any], Any], example: str) -> Callable[[Any], tuple[Any, ...]]:
+def _list_of(
+    parse_item: Callable[[Any], Any], example: str, *, non_empty: bool = False
+) -> Callable[[Any], tuple[Any, ...]]:
     def parse(value: Any) -> tuple[Any, ...]:
         if not isinstance(value, list):
             raise _Invalid(f"invalid value {_described(value)}", f"an array such as {example}")
+        if non_empty and not value:
+            raise _Invalid("empty array", f"at least one item, such as {example}")
 
         items, problems = [], []
         for index, item in enumerate(value):
@@ -580,6 +584,7 @@ _CONNECTION_KEYS: dict[str, _Key] = {
         _list_of(
             _proposal(ProtocolId.IKE, '"aes256gcm16-prfsha384-x25519"'),
             '["aes256gcm16-prfsha384-x25519"]',
+            non_empty=True,
         ),
         None,
     ),
@@ -618,7 +623,8 @@ _CHILD_KEYS: dict[str, _Key] = {
     "local_ts": _Key(_list_of(_traffic_selector, _PREFIXES_EXAMPLE), ()),
     "remote_ts": _Key(_list_of(_traffic_selector, _PREFIXES_EXAMPLE), ()),
     "esp_proposals": _Key(
-        _list_of(_proposal(ProtocolId.ESP, '"aes256gcm16"'), '["aes256gcm16"]'), None
+        _list_of(_proposal(ProtocolId.ESP, '"aes256gcm16"'), '["aes256gcm16"]', non_empty=True),
+        None,
     ),
     "start_action": _Key(_choice("start", "trap", "none"), "none"),
     "mode": _Key(_choice("tunnel", "transport"), "tunnel"),

@@ -355,6 +355,14 @@ def test_error_invalid_esp_proposal(tmp_path):
     assert "connections.site.children.lan.esp_proposals[0]: invalid proposal 'aes999gcm16'" in error
 
 
+def test_error_empty_proposals(tmp_path):
+    text = MINIMAL.replace("[connections.site]\n", "[connections.site]\nproposals = []\n")
+
+    error = single_error(tmp_path, text)
+
+    assert "connections.site.proposals: empty array (expected at least one item" in error
+
+
 def test_error_missing_required_key(tmp_path):
     error = single_error(tmp_path, MINIMAL.replace('id = "gw-a.example.net"\n', ""))
 
