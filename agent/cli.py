@@ -74,12 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
-    _add_connection_options(parser, defaults=True)
+    _add_common_options(parser, defaults=True)
 
     # The same options on every sub-command, so that they work before or after its name.
     # SUPPRESS keeps a sub-command from overwriting a value given before its name.
     common = argparse.ArgumentParser(add_help=False)
-    _add_connection_options(common, defaults=False)
+    _add_common_options(common, defaults=False)
 
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, spec in COMMANDS.items():
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_connection_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+def _add_common_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     suppress = argparse.SUPPRESS
     parser.add_argument(
         "--socket",
@@ -166,8 +166,8 @@ def main(
     parser = build_parser()
     try:
         options = parser.parse_args(argv)
-    except SystemExit as exit:
-        return int(exit.code or 0)
+    except SystemExit as stop:
+        return int(stop.code or 0)
     if options.command is None:
         parser.print_usage(stderr)
         print("rmobikectl: error: a command is required", file=stderr)
