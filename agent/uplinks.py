@@ -10,9 +10,9 @@ Three parts:
 - ``rank_paths``: a pure function that orders the (local, remote) address
   pairs to try for a connection.
 
-udev only sees interfaces in the initial network namespace, so inside any
-other namespace no interface carries marks and ranking falls back to
-configuration and the kernel's routes.
+udev processes only the interfaces of the initial network namespace, so in
+any other namespace no interface carries marks, and ranking relies on the
+configuration and the kernel's routes alone.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ DEFAULT_PRIORITY = 100
 
 @dataclass(frozen=True)
 class UplinkMark:
-    """What udev says about one interface; None where it says nothing."""
+    """The uplink properties of one interface; None where a property is absent."""
 
     uplink: bool | None = None  # RMOBIKE_UPLINK: True for "1", False for "0"
     priority: int | None = None  # RMOBIKE_PRIORITY
@@ -116,17 +116,19 @@ RTM_F_LOOKUP_TABLE = 0x1000  # report the table that matched in RTA_TABLE
 RTN_UNICAST = 1
 RTN_LOCAL = 2
 
-# Errors with which the kernel reports that no route exists for the request:
-# unreachable, prohibit and blackhole routes, or a source that is not local
-# (EINVAL, which a malformed request would also cause).
+# Errors that mean "no route" for the request: no matching or an unreachable
+# route (ENETUNREACH, EHOSTUNREACH; Linux 6.18 also returns ENETUNREACH for a
+# source that is not local), a prohibit route (EACCES), a blackhole route
+# (EINVAL, which a malformed request would also cause), a link that is down
+# (ENETDOWN).
 NO_ROUTE_ERRNOS = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EACCES,
-                             errno.EPERM, errno.EINVAL, errno.ENETDOWN})
-LOOKUP_TIMEOUT = 1.0  # seconds; the kernel answers in microseconds
+                             errno.EINVAL, errno.ENETDOWN})
+LOOKUP_TIMEOUT = 1.0  # seconds; the kernel replies within microseconds
 
 
 @dataclass(frozen=True)
 class RouteLookup:
-    """The kernel's answer to a route lookup."""
+    """The kernel's reply to a route lookup: how a packet to the destination would leave."""
 
     src: IPAddress | None  # RTA_PREFSRC: the source address the kernel would use
     oif: int | None  # RTA_OIF
@@ -176,7 +178,8 @@ def decode_route_reply(message: messages.Message,
     route = message.record
     if route is None:
         raise RouteLookupError(errno.EPROTO, f"unexpected reply type {message.type} to RTM_GETROUTE")
-    # IPv6 answers an unreachable destination with a route of that type, not an error.
+    # Unreachable, blackhole, prohibit and throw routes carry no packets, even
+    # when the kernel returns one in place of an error.
     if route.type not in (RTN_UNICAST, RTN_LOCAL):
         return None
     src = requested_src if requested_src is not None else route.prefsrc
@@ -206,7 +209,7 @@ class RouteResolver:
                mark: int | None = None, oif: int | None = None) -> RouteLookup | None:
         """Ask the kernel how it would send a packet to ``dst``; None if it has no route.
 
-        ``src`` asks for a route from that local address (source-based
+        ``src`` requests a route from that local address (source-based
         rules apply), ``mark`` sets the packet mark (fwmark rules apply),
         ``oif`` binds to an interface as SO_BINDTODEVICE does. Raises
         RouteLookupError on other kernel errors and TimeoutError when no
@@ -244,7 +247,7 @@ RouteLookupFunction = Callable[[IPAddress, IPAddress | None], RouteLookup | None
 
 @dataclass(frozen=True)
 class PathCandidate:
-    """One (local, remote) pair to try, with the route the kernel would take."""
+    """A (local, remote) address pair to try, with the kernel's route for it."""
 
     local: IPAddress
     remote: IPAddress

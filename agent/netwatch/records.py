@@ -118,7 +118,7 @@ class Route:
     """A route in any table except the local one (RTM_NEWROUTE)."""
 
     family: int
-    table: int  # RTA_TABLE, which holds table ids above 255
+    table: int  # RTA_TABLE, because rtm_table cannot carry table ids above 255
     dst: IPNetwork
     tos: int
     priority: int  # RTA_PRIORITY, the metric

@@ -33,8 +33,8 @@ from .state import NetState
 log = logging.getLogger(__name__)
 
 # One dump at a time: the kernel runs at most one dump per socket. Links
-# come first so that addresses and routes on XFRM interfaces can be told
-# apart. Rules are dumped per family because AF_UNSPEC rule dumps need
+# come first, because the model needs to know the XFRM interfaces before it
+# can skip their addresses and routes. Rules are dumped per family because AF_UNSPEC rule dumps need
 # Linux 4.12 or later.
 DUMPS = (
     (RTM_GETLINK, socket.AF_UNSPEC),
@@ -77,6 +77,9 @@ class NetlinkSession:
         for message in messages.parse_messages(data):
             if self._is_dump_reply(message):
                 self._handle_dump_reply(message, now)
+            elif message.pid == self.port_id and message.pid != 0:
+                # A late reply to an abandoned dump: replaying it would undo newer state.
+                log.debug("dropped netlink reply to old request seq %d", message.seq)
             elif message.type == NLMSG_OVERRUN:
                 self.handle_overrun(now)
             elif message.record is not None:
@@ -130,8 +133,8 @@ class NetlinkSession:
         self._outgoing.append(messages.encode_dump_request(msg_type, family, self._seq))
 
     def _is_dump_reply(self, message: Message) -> bool:
-        # Notifications carry the sequence number and port id of whoever made
-        # the change (another socket, or the kernel with 0), never ours.
+        # A notification carries the sequence number and port id of the socket
+        # that requested the change (0 for the kernel's own), never this one's.
         return (self._dump_seq is not None and message.seq == self._dump_seq
                 and message.pid == self.port_id)
 

@@ -88,7 +88,7 @@ class NetWatcher:
         return self.session.state
 
     async def start(self, timeout: float = DEFAULT_START_TIMEOUT) -> None:
-        """Subscribe, dump, and return once the model holds the first full dump.
+        """Subscribe, dump, and return once the model contains the first full dump.
 
         Raises TimeoutError if the dump does not finish within ``timeout``
         seconds; the watcher is stopped then.

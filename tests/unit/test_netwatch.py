@@ -268,7 +268,7 @@ def recorded_link_message(name: str) -> bytes:
         for raw in raw_messages(data):
             message = messages.parse_messages(raw)[0]
             if message.type == messages.RTM_NEWLINK and message.record.name == name:
-                return rewrite_headers(raw, seq=0)
+                return rewrite_headers(raw, seq=0, pid=0)  # as a kernel notification
     raise KeyError(name)
 
 
@@ -466,13 +466,25 @@ def test_interrupted_dump_retry_timer():
     assert [messages.NLMSGHDR.unpack_from(data)[1] for data in retried] == [messages.RTM_GETLINK]
 
 
+def test_late_dump_reply_dropped():
+    # A reply to an earlier request of this socket is stale, not a notification.
+    session, _ = start_session()
+    session.batches_to_deliver()
+    stale = recorded_link_message("u0")
+    stale_down = bytearray(rewrite_headers(stale, seq=1, pid=load("dump.json")["port_id"]))
+    struct.pack_into("=I", stale_down, messages.NLMSGHDR.size + 8, 0)  # ifi_flags: down
+    session.receive(bytes(stale_down), 1.0)
+    assert session.batches_to_deliver() == []
+    assert session.state.link(ifindex(session.state, "u0")).is_up
+
+
 def test_dump_error_skips_table():
     dump = load("dump.json")
     session = NetlinkSession()
     session.start(dump["port_id"], 0.0)
     session.data_to_send()
     for data in datagrams(dump["replies"]):
-        if messages.NLMSGHDR.unpack_from(data)[3] == 5:  # IPv6 rules: answer EAFNOSUPPORT
+        if messages.NLMSGHDR.unpack_from(data)[3] == 5:  # the IPv6 rule dump fails with EAFNOSUPPORT
             body = struct.pack("=i", -errno.EAFNOSUPPORT) + bytes(16)  # struct nlmsgerr
             data = messages.NLMSGHDR.pack(messages.NLMSGHDR.size + len(body), messages.NLMSG_ERROR,
                                           0, 5, dump["port_id"]) + body

@@ -6,7 +6,7 @@ rules listed in SETUP, records the replies to the watcher's full dump, then
 runs each step of STEPS and records the notifications it causes. The
 namespace is deleted at the end. Output, next to this file:
 
-- ``dump.json``: the dump requests and the datagrams that answered them.
+- ``dump.json``: the dump requests and the kernel's reply datagrams.
 - ``steps.json``: per step, its commands and the notification datagrams.
 - ``dump-after.json``: a second dump after the last step, with sequence
   numbers that follow the first dump's (as a resync sends them).

@@ -36,14 +36,16 @@ def records(data: bytes) -> list[messages.Message]:
     return [message for message in messages.parse_messages(data) if message.record is not None]
 
 
-def rewrite_headers(data: bytes, seq: int | None = None, set_flags: int = 0) -> bytes:
-    """Return the datagram with each message's nlmsg_seq replaced and ``set_flags`` added."""
+def rewrite_headers(data: bytes, seq: int | None = None, set_flags: int = 0,
+                    pid: int | None = None) -> bytes:
+    """Return the datagram with each message's nlmsg_seq and nlmsg_pid replaced, and ``set_flags`` added."""
     out = bytearray(data)
     offset = 0
     while offset < len(out):
-        length, msg_type, flags, old_seq, pid = messages.NLMSGHDR.unpack_from(out, offset)
+        length, msg_type, flags, old_seq, old_pid = messages.NLMSGHDR.unpack_from(out, offset)
         messages.NLMSGHDR.pack_into(out, offset, length, msg_type, flags | set_flags,
-                                    old_seq if seq is None else seq, pid)
+                                    old_seq if seq is None else seq,
+                                    old_pid if pid is None else pid)
         offset += (length + 3) & ~3
     return bytes(out)
 
