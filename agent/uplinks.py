@@ -116,11 +116,11 @@ RTM_F_LOOKUP_TABLE = 0x1000  # report the table that matched in RTA_TABLE
 RTN_UNICAST = 1
 RTN_LOCAL = 2
 
-# Errors that mean "no route" for the request: no matching or an unreachable
-# route (ENETUNREACH, EHOSTUNREACH; Linux 6.18 also returns ENETUNREACH for a
-# source that is not local), a prohibit route (EACCES), a blackhole route
-# (EINVAL, which a malformed request would also cause), a link that is down
-# (ENETDOWN).
+# Errors that mean "no route" for the request. No matching route or an
+# unreachable one gives ENETUNREACH or EHOSTUNREACH, and Linux 6.18 also
+# gives ENETUNREACH for a source that is not local. A prohibit route gives
+# EACCES, a link that is down ENETDOWN. A blackhole route gives EINVAL, which
+# a malformed request would also cause.
 NO_ROUTE_ERRNOS = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EACCES,
                              errno.EINVAL, errno.ENETDOWN})
 LOOKUP_TIMEOUT = 1.0  # seconds; the kernel replies within microseconds

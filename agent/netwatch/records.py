@@ -8,6 +8,7 @@ linux/if_addr.h, linux/rtnetlink.h and linux/fib_rules.h where they exist.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import dataclass
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -138,7 +139,7 @@ class Route:
         IPv6 allows several routes with one prefix and metric through
         different devices (fe80::/64 on every link), so its key adds the oif.
         """
-        oif = self.oif if self.family == 10 else None
+        oif = self.oif if self.family == socket.AF_INET6 else None
         return (self.family, self.table, self.dst, self.tos, self.priority, oif)
 
     @property

@@ -30,8 +30,9 @@ from .records import RT_SCOPE_UNIVERSE, RT_TABLE_LOCAL, RTM_F_CLONED, Address, L
 log = logging.getLogger(__name__)
 
 # The rtm_protocol / FRA_PROTOCOL value of every route and rule that rmobike
-# installs. linux/rtnetlink.h assigns 0-4 to the kernel and lists routing
-# daemons up to 192 (RTPROT_EIGRP); /etc/iproute2/rt_protos names none at 147.
+# installs. The kernel reserves 0-4, and /etc/iproute2/rt_protos of iproute2
+# 6.1 (Debian 12) names routing daemons from 8 to 192 but leaves 147 free.
+# `ip route show proto 147` lists the agent's routes.
 RTPROT_RMOBIKE = 147
 
 IGNORED_LINK_KINDS = frozenset({"xfrm"})
