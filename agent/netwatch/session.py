@@ -121,6 +121,7 @@ class NetlinkSession:
 
     def _begin_resync(self, now: float, discard_notifications: bool) -> None:
         self.state.begin_resync(discard_notifications=discard_notifications)
+        self._retry_at = None  # this resync replaces a scheduled retry
         self._pending_dumps = list(DUMPS)
         self._interrupted = False
         self._overrun_during_dump = False

@@ -478,6 +478,23 @@ def test_late_dump_reply_dropped():
     assert session.state.link(ifindex(session.state, "u0")).is_up
 
 
+def test_overrun_replaces_scheduled_retry():
+    dump = load("dump.json")
+    session = NetlinkSession()
+    session.start(dump["port_id"], 0.0)
+    for attempt in range(MAX_DUMP_ATTEMPTS):
+        first = 1 + attempt * len(DUMPS)
+        for data in datagrams(dump["replies"]):
+            seq = messages.NLMSGHDR.unpack_from(data)[3] - 1 + first
+            session.receive(rewrite_headers(data, seq=seq, set_flags=messages.NLM_F_DUMP_INTR), 0.0)
+    session.data_to_send()
+    assert session.next_deadline() == pytest.approx(RETRY_DELAY)
+
+    session.handle_overrun(0.5)
+    assert len(session.data_to_send()) == 1
+    assert session.next_deadline() != pytest.approx(RETRY_DELAY)
+
+
 def test_dump_error_skips_table():
     dump = load("dump.json")
     session = NetlinkSession()
