@@ -322,6 +322,9 @@ def verify(
         raise AuthError(f"{AuthMethod(method).name} signature is invalid") from None
     except UnsupportedAlgorithm as error:
         raise AuthError(f"signature algorithm not supported: {error}") from None
+    except ValueError as error:
+        # For example RSASSA-PSS parameters that do not fit the key size.
+        raise AuthError(f"{AuthMethod(method).name} signature check failed: {error}") from None
 
 
 def _require_key(public_key, key_class: type, what) -> None:
