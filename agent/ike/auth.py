@@ -4,7 +4,7 @@ PSK: RFC 7296 §2.15. Signatures: RFC 7427 (DIGITAL_SIGNATURE with an ASN.1 Algo
 for RSASSA-PSS, ECDSA and Ed25519/Ed448 (RFC 8420), plus the older methods RSA_DIGITAL_SIGNATURE
 (RFC 7296 §3.8) and ECDSA_SHA*_P* (RFC 4754). Certificate paths are checked against configured CAs
 (RFC 5280 §6, the parts listed at validate_chain), and identities against the subject and the
-subjectAltName (RFC 4945 §3.1).
+subjectAltName (RFC 4945).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 
 class AuthError(Exception):
-    """Authentication failed; the message says why (CORE answers AUTHENTICATION_FAILED)."""
+    """Authentication failed for the reason in the message; callers send AUTHENTICATION_FAILED."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -51,10 +51,10 @@ def verify_psk(prf: Prf, secret: bytes, signed_octets: bytes, auth_data: bytes) 
 def signed_octets(message_bytes: bytes, nonce_peer: bytes, prf: Prf, sk_p: bytes, id_payload_body: bytes) -> bytes:
     """Return RealMessage | Nonce(peer) | prf(SK_px, RestOfIDPayload) (RFC 7296 §2.15).
 
-    `message_bytes` is our own first message (the IKE_SA_INIT request for the initiator, the
-    response for the responder), `nonce_peer` the other side's nonce data, `sk_p` our SK_pi or
-    SK_pr, and `id_payload_body` our ID payload after its generic header (ID type, three
-    reserved octets, identification data).
+    `message_bytes` is our own first message: the IKE_SA_INIT request for the initiator, the
+    response for the responder. `nonce_peer` is the other side's nonce data and `sk_p` our SK_pi
+    or SK_pr. `id_payload_body` is our ID payload after its generic header, that is the ID type,
+    three reserved octets and the identification data.
     """
     return message_bytes + nonce_peer + prf(sk_p, id_payload_body)
 
@@ -147,19 +147,19 @@ _HASH_CLASSES = {
     HashAlgorithm.SHA2_384: hashes.SHA384,
     HashAlgorithm.SHA2_512: hashes.SHA512,
 }
-_HASH_OIDS = {  # RFC 3279 §2.2.1, RFC 5754 §2
+_HASH_OIDS = {  # RFC 3279, RFC 5754
     HashAlgorithm.SHA1: "1.3.14.3.2.26",
     HashAlgorithm.SHA2_256: "2.16.840.1.101.3.4.2.1",
     HashAlgorithm.SHA2_384: "2.16.840.1.101.3.4.2.2",
     HashAlgorithm.SHA2_512: "2.16.840.1.101.3.4.2.3",
 }
-_RSA_PKCS1_OIDS = {  # sha*WithRSAEncryption, RFC 8017 Appendix A.2.4
+_RSA_PKCS1_OIDS = {  # sha*WithRSAEncryption, RFC 8017
     "1.2.840.113549.1.1.5": HashAlgorithm.SHA1,
     "1.2.840.113549.1.1.11": HashAlgorithm.SHA2_256,
     "1.2.840.113549.1.1.12": HashAlgorithm.SHA2_384,
     "1.2.840.113549.1.1.13": HashAlgorithm.SHA2_512,
 }
-_ECDSA_OIDS = {  # ecdsa-with-SHA*, RFC 3279 §2.2.3 and RFC 5758 §3.2
+_ECDSA_OIDS = {  # ecdsa-with-SHA*, RFC 3279 and RFC 5758
     "1.2.840.10045.4.1": HashAlgorithm.SHA1,
     "1.2.840.10045.4.3.2": HashAlgorithm.SHA2_256,
     "1.2.840.10045.4.3.3": HashAlgorithm.SHA2_384,
@@ -167,7 +167,7 @@ _ECDSA_OIDS = {  # ecdsa-with-SHA*, RFC 3279 §2.2.3 and RFC 5758 §3.2
 }
 _OID_RSASSA_PSS = "1.2.840.113549.1.1.10"  # RFC 4055 §3.1
 _OID_MGF1 = "1.2.840.113549.1.1.8"
-_OID_ED25519 = "1.3.101.112"  # RFC 8410 §3
+_OID_ED25519 = "1.3.101.112"  # RFC 8410
 _OID_ED448 = "1.3.101.113"
 
 # SIGNATURE_HASH_ALGORITHMS to announce (RFC 7427 §4): IDENTITY lets the peer use EdDSA (RFC 8420).
@@ -188,7 +188,8 @@ def _hash_identifier(hash_algorithm: HashAlgorithm) -> bytes:
 def rsa_pss_algorithm_identifier(hash_algorithm: HashAlgorithm) -> bytes:
     """Return the RSASSA-PSS AlgorithmIdentifier with MGF1 of the same hash and salt = hash length.
 
-    This is the form of RFC 7427 Appendix A.4.3 for SHA-256; SHA-384 and SHA-512 follow suit.
+    For SHA-256 this is the encoding listed in RFC 7427 Appendix A. SHA-384 and SHA-512 differ
+    only in the hash OIDs and the salt length.
     """
     hash_id = _hash_identifier(hash_algorithm)
     salt_length = _HASH_CLASSES[hash_algorithm].digest_size
@@ -201,13 +202,13 @@ def rsa_pss_algorithm_identifier(hash_algorithm: HashAlgorithm) -> bytes:
 
 
 def ecdsa_algorithm_identifier(hash_algorithm: HashAlgorithm) -> bytes:
-    """Return ecdsa-with-SHA* with absent parameters (RFC 7427 Appendix A.3, RFC 5758 §3.2)."""
+    """Return ecdsa-with-SHA* with absent parameters (RFC 7427 Appendix A, RFC 5758)."""
     oid = next(oid for oid, value in _ECDSA_OIDS.items() if value == hash_algorithm)
     return _der(_SEQUENCE, _der_oid(oid))
 
 
 def rsa_pkcs1_algorithm_identifier(hash_algorithm: HashAlgorithm) -> bytes:
-    """Return sha*WithRSAEncryption with NULL parameters (RFC 7427 Appendix A.1)."""
+    """Return sha*WithRSAEncryption with NULL parameters (RFC 7427 Appendix A)."""
     oid = next(oid for oid, value in _RSA_PKCS1_OIDS.items() if value == hash_algorithm)
     return _der(_SEQUENCE, _der_oid(oid) + _der(_NULL, b""))
 
@@ -255,7 +256,7 @@ def sign(private_key, octets: bytes, peer_hash_algorithms: Sequence[HashAlgorith
 
     if isinstance(private_key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
         if HashAlgorithm.IDENTITY not in peer:
-            raise AuthError("EdDSA needs the peer to announce the IDENTITY hash (RFC 8420 §2)")
+            raise AuthError("EdDSA needs the peer to announce the IDENTITY hash (RFC 8420)")
         identifier = ED25519_ALGORITHM_IDENTIFIER
         if isinstance(private_key, ed448.Ed448PrivateKey):
             identifier = ED448_ALGORITHM_IDENTIFIER
@@ -284,7 +285,7 @@ def _sign_ecdsa(private_key: ec.EllipticCurvePrivateKey, octets: bytes, peer: se
     preferred, legacy_method, size = curve
 
     if not peer:
-        # RFC 4754 §7: the signature is r | s, each as long as the curve's order.
+        # RFC 4754: the signature is r | s, each as long as the curve's order.
         der_signature = private_key.sign(octets, ec.ECDSA(_HASH_CLASSES[preferred]()))
         r, s = utils.decode_dss_signature(der_signature)
         return legacy_method, r.to_bytes(size, "big") + s.to_bytes(size, "big")
@@ -305,8 +306,8 @@ def verify(
     """Check a signature AUTH payload against the peer's public key; raise AuthError if it fails.
 
     Accepts DIGITAL_SIGNATURE (RFC 7427) with RSASSA-PSS, sha*WithRSAEncryption, ECDSA (DER
-    signature) and Ed25519/Ed448, each only with a hash in `accepted_hashes`; and the older
-    RSA_DIGITAL_SIGNATURE (PKCS#1 v1.5, SHA-1) and ECDSA_SHA*_P* methods.
+    signature) and Ed25519/Ed448, each only with a hash in `accepted_hashes`. Also accepts the
+    older RSA_DIGITAL_SIGNATURE (PKCS#1 v1.5, SHA-1) and ECDSA_SHA*_P* methods.
     """
     try:
         if method == AuthMethod.DIGITAL_SIGNATURE:
@@ -327,9 +328,9 @@ def verify(
         raise AuthError(f"{AuthMethod(method).name} signature check failed: {error}") from None
 
 
-def _require_key(public_key, key_class: type, what) -> None:
+def _require_key(public_key, key_class: type, algorithm) -> None:
     if not isinstance(public_key, key_class):
-        name = what.name if isinstance(what, AuthMethod) else what
+        name = algorithm.name if isinstance(algorithm, AuthMethod) else algorithm
         raise AuthError(f"{name} does not fit the peer's {type(public_key).__name__}")
 
 
@@ -458,8 +459,9 @@ def _parse_hash_identifier(data: bytes, element: tuple[int, int, int]) -> HashAl
 
 MAX_PATH_LENGTH = 8  # certificates from the end entity up to and including the trust anchor
 
-# Extensions this module evaluates; any other critical extension makes a certificate unusable
-# (RFC 5280 §4.2). Extended key usage is understood but not restricted (RFC 4945 §5.1.3.12).
+# Extensions this module evaluates. Any other critical extension makes a certificate unusable
+# (RFC 5280 §4.2). Extended key usage is accepted with any value, because IKE certificates carry
+# serverAuth, clientAuth, ipsecIKE or none.
 _UNDERSTOOD_CRITICAL = {
     ExtensionOID.BASIC_CONSTRAINTS,
     ExtensionOID.KEY_USAGE,
@@ -480,7 +482,7 @@ def validate_chain(
     at `now` (a naive datetime counts as UTC), and unknown critical extensions. Checked on every
     issuer: basicConstraints cA (a trust anchor may lack the extension), keyCertSign if keyUsage
     is present, and pathLenConstraint. The end entity must allow digitalSignature or
-    nonRepudiation if it has keyUsage (RFC 4945 §5.1.3.2).
+    nonRepudiation if it has keyUsage (RFC 4945).
 
     NOTE: revocation (CRL, OCSP), name constraints and policies are not checked; certificates
     that mark those extensions critical are rejected.
@@ -612,26 +614,26 @@ def identity_matches(cert: x509.Certificate, id_type: IdType, id_data: bytes) ->
         name = _ascii(id_data)
         if name is None or alt_names is None:
             return False
-        wanted = name.rstrip(".").lower()
-        return any(dns.rstrip(".").lower() == wanted for dns in alt_names.get_values_for_type(x509.DNSName))
+        expected = name.rstrip(".").lower()
+        return any(dns.rstrip(".").lower() == expected for dns in alt_names.get_values_for_type(x509.DNSName))
 
     if id_type == IdType.ID_RFC822_ADDR:
         address = _ascii(id_data)
         if address is None or alt_names is None:
             return False
-        wanted = _mailbox_key(address)
-        return any(_mailbox_key(value) == wanted for value in alt_names.get_values_for_type(x509.RFC822Name))
+        expected = _mailbox_key(address)
+        return any(_mailbox_key(value) == expected for value in alt_names.get_values_for_type(x509.RFC822Name))
 
     if id_type == IdType.ID_DER_ASN1_DN:
         try:
-            wanted = _parse_name(id_data)
+            expected = _parse_name(id_data)
         except (_DerError, ValueError):
             return False
-        if _normalized_name(cert.subject) == wanted:
+        if _normalized_name(cert.subject) == expected:
             return True
         if alt_names is None:
             return False
-        return any(_normalized_name(name) == wanted for name in alt_names.get_values_for_type(x509.DirectoryName))
+        return any(_normalized_name(name) == expected for name in alt_names.get_values_for_type(x509.DirectoryName))
 
     # NOTE: ID_DER_ASN1_GN and ID_KEY_ID are not matched against certificates.
     return False
@@ -650,8 +652,8 @@ def _mailbox_key(address: str) -> tuple[str, str]:
 
 
 def _normalize_value(value: str) -> str:
-    # RFC 5280 §7.1 asks for RFC 4518 preparation; case folding and collapsing whitespace is
-    # the part that matters for the string types seen in practice.
+    # RFC 5280 §7.1 specifies RFC 4518 string preparation. This keeps its two steps that matter
+    # for the usual string types: case folding and collapsing whitespace.
     return " ".join(value.split()).casefold()
 
 
@@ -667,7 +669,7 @@ def _normalized_name(name: x509.Name) -> list[frozenset]:
     return rdns
 
 
-# Directory string types and their codecs (X.680 §41).
+# Directory string types (ASN.1 tag number) and the codecs that decode them.
 _STRING_CODECS = {
     0x0C: "utf-8",  # UTF8String
     0x12: "ascii",  # NumericString

@@ -1,9 +1,9 @@
 """IKEv2 cryptographic transforms and key derivation, on the `cryptography` package.
 
-PRFs and prf+ (RFC 7296 §2.13, RFC 4868), integrity checksums (RFC 4868, RFC 2404), the SK payload
-ciphers (AES-CBC per RFC 3602, AES-GCM per RFC 5282, ChaCha20-Poly1305 per RFC 7634), the
-Diffie-Hellman groups (RFC 3526, RFC 5903, RFC 8031) and the key derivations of RFC 7296 §2.14,
-§2.17 and §2.18.
+The module covers PRFs and prf+ (RFC 7296 §2.13, RFC 4868) and integrity checksums (RFC 4868,
+RFC 2404). It has the SK payload ciphers AES-CBC (RFC 3602), AES-GCM (RFC 5282) and
+ChaCha20-Poly1305 (RFC 7634), and the Diffie-Hellman groups of RFC 3526, RFC 5903 and RFC 8031.
+The key derivations follow RFC 7296 §2.14, §2.17 and §2.18.
 
 The module is sans-I/O: randomness comes in as a `random(n) -> bytes` callable, so key generation
 is deterministic under test. Objects returned by the `*_by_id` functions are immutable and shared,
@@ -49,7 +49,7 @@ class InvalidPublicValue(CryptoError):
 
 
 class Prf:
-    """An HMAC-based PRF (RFC 7296 §3.3.2, RFC 4868 §2.3).
+    """An HMAC-based PRF (RFC 7296 §3.3.2, RFC 4868).
 
     `key_size` is the preferred key length in bytes, which RFC 7296 §2.14 uses for SK_d, SK_pi
     and SK_pr. For HMAC it equals the output length.
@@ -67,6 +67,10 @@ class Prf:
         mac = crypto_hmac.HMAC(key, self._hash)
         mac.update(data)
         return mac.finalize()
+
+    def keyed(self, key: bytes) -> crypto_hmac.HMAC:
+        """Return an HMAC context holding `key`; copy() it for each message that uses the key."""
+        return crypto_hmac.HMAC(key, self._hash)
 
     def __repr__(self) -> str:
         return f"Prf({self.id.name})"
@@ -107,10 +111,14 @@ def prf_plus(prf: Prf, key: bytes, seed: bytes, length: int) -> bytes:
             f"the maximum is {PRF_PLUS_MAX_BLOCKS * prf.output_size}"
         )
 
+    # Copying a keyed HMAC context costs a third of setting up the key again for every block.
+    keyed = prf.keyed(key)
     output = bytearray()
     block = b""
     for counter in range(1, blocks + 1):
-        block = prf(key, block + seed + bytes((counter,)))
+        mac = keyed.copy()
+        mac.update(block + seed + bytes((counter,)))
+        block = mac.finalize()
         output += block
     return bytes(output[:length])
 
@@ -120,7 +128,7 @@ def prf_plus(prf: Prf, key: bytes, seed: bytes, length: int) -> bytes:
 
 
 class Integrity:
-    """A truncated HMAC integrity transform (RFC 4868 §2.6, RFC 2404)."""
+    """A truncated HMAC integrity transform (RFC 4868, RFC 2404)."""
 
     __slots__ = ("id", "key_size", "icv_size", "_hash")
 
@@ -145,7 +153,7 @@ class Integrity:
         return f"Integrity({self.id.name})"
 
 
-# (hash, truncated ICV length in bytes); the key length is the hash output length (RFC 4868 §2.1.1).
+# (hash, truncated ICV length in bytes). The key length is the hash output length (RFC 4868).
 _INTEGRITY_TABLE = {
     IntegId.AUTH_HMAC_SHA1_96: (hashes.SHA1, 12),
     IntegId.AUTH_HMAC_SHA2_256_128: (hashes.SHA256, 16),
@@ -175,8 +183,8 @@ class Encryption:
 
     `key_size` is the number of bytes taken from prf+ for SK_ei/SK_er. For the AEAD ciphers it
     includes the 4-byte salt at the end, which forms the nonce together with the 8-byte explicit
-    IV (RFC 5282 §4 and §7.1, RFC 7634 §2 and §3). `block_size` is the alignment the caller pads
-    the plaintext to: 16 for CBC, 1 for the AEAD ciphers, which need no padding.
+    IV (RFC 5282, RFC 7634). `block_size` is the alignment the caller pads the plaintext to: 16
+    for CBC, and 1 for the AEAD ciphers, which need no padding.
     """
 
     __slots__ = ("id", "key_bits", "is_aead", "key_size", "iv_size", "block_size", "icv_size")
@@ -190,9 +198,16 @@ class Encryption:
     icv_size: int
 
     def encrypt(self, key: bytes, iv: bytes, plaintext: bytes, aad: bytes) -> bytes:
+        """Encrypt the SK payload content.
+
+        AEAD ciphers return ciphertext | ICV and authenticate `aad`, which is the IKE header up
+        to the end of the generic SK payload header (RFC 5282 §5.1). CBC ignores `aad` and needs
+        the plaintext already padded to `block_size`.
+        """
         raise NotImplementedError
 
     def decrypt(self, key: bytes, iv: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+        """Decrypt the SK payload content; AEAD ciphers raise IntegrityError on an ICV mismatch."""
         raise NotImplementedError
 
     def _check_key_iv(self, key: bytes, iv: bytes) -> None:
@@ -206,7 +221,9 @@ class Encryption:
 
 
 class AesCbc(Encryption):
-    """ENCR_AES_CBC (RFC 3602). The caller pads the plaintext; integrity comes from an Integrity."""
+    """ENCR_AES_CBC (RFC 3602). The caller pads the plaintext and adds an Integrity checksum."""
+
+    __slots__ = ()
 
     def __init__(self, key_bits: int) -> None:
         self.id = EncrId.ENCR_AES_CBC
@@ -236,6 +253,8 @@ class AesCbc(Encryption):
 class _Aead(Encryption):
     """An AEAD cipher with a 4-byte salt from the keying material and an 8-byte explicit IV."""
 
+    __slots__ = ("_aead_class",)
+
     SALT_SIZE = 4
 
     def __init__(self, encr_id: EncrId, key_bits: int, aead_class: type) -> None:
@@ -247,8 +266,6 @@ class _Aead(Encryption):
         self.block_size = 1
         self.icv_size = 16
         self._aead_class = aead_class
-
-    __slots__ = ("_aead_class",)
 
     def encrypt(self, key: bytes, iv: bytes, plaintext: bytes, aad: bytes) -> bytes:
         self._check_key_iv(key, iv)
@@ -273,13 +290,13 @@ _AES_KEY_BITS = (128, 192, 256)
 def encryption_by_id(encr_id: EncrId, key_bits: int | None) -> Encryption:
     """Return the shared Encryption object for an ENCR transform ID and Key Length attribute.
 
-    AES needs the Key Length attribute (RFC 7296 §3.3.5); ChaCha20-Poly1305 must not carry one
-    other than 256 (RFC 7634 §4). Raises CryptoError for anything unsupported.
+    AES needs the Key Length attribute (RFC 7296 §3.3.5). ChaCha20-Poly1305 has a fixed key, so
+    it accepts no Key Length other than 256 (RFC 7634). Raises CryptoError for anything unsupported.
     """
     if encr_id in (EncrId.ENCR_AES_CBC, EncrId.ENCR_AES_GCM_16):
         if key_bits not in _AES_KEY_BITS:
             raise CryptoError(
-                f"{EncrId(encr_id).name} needs a key length of {_AES_KEY_BITS} bits, got {key_bits}"
+                f"{EncrId(encr_id).name} needs a key length of 128, 192 or 256 bits, got {key_bits}"
             )
         if encr_id == EncrId.ENCR_AES_CBC:
             return AesCbc(key_bits)
@@ -320,7 +337,7 @@ class DhPrivate:
     group: DhGroup
 
     def public_bytes(self) -> bytes:
-        """Return the KE payload data (RFC 7296 §3.4, RFC 5903 §7, RFC 8031 §3.1)."""
+        """Return the KE payload data (RFC 7296 §3.4, RFC 5903 §7, RFC 8031)."""
         raise NotImplementedError
 
     def shared_secret(self, peer_public: bytes) -> bytes:
@@ -359,9 +376,9 @@ class _ModpPrivate(DhPrivate):
     def __init__(self, group: _ModpGroup, exponent: int) -> None:
         self.group = group
 
-        # `cryptography` cannot derive y from a chosen x, and y = 2^x mod p in Python takes about
-        # six times longer than OpenSSL. So a key with a placeholder y computes g^x through
-        # exchange(); only x takes part in an exchange, and the real key is built from the result.
+        # `cryptography` cannot derive y from a chosen x, and pow(2, x, p) in Python is roughly six
+        # times slower than OpenSSL. So a key with a placeholder y computes g^x through exchange(),
+        # which uses only x. The real key is then built from the result.
         placeholder = dh.DHPrivateNumbers(exponent, dh.DHPublicNumbers(2, group.parameter_numbers))
         public = placeholder.private_key().exchange(group.generator_key)
         public_value = int.from_bytes(public, "big")
@@ -380,10 +397,10 @@ class _ModpPrivate(DhPrivate):
             )
         value = int.from_bytes(peer_public, "big")
         if not 1 < value < group.prime - 1:
-            # RFC 7296 §5 and RFC 6989 §2.2: 0, 1 and p-1 (and anything >= p) confine the secret.
+            # RFC 6989: 0, 1 and p-1 (and anything >= p) would confine the shared secret.
             raise InvalidPublicValue(f"{group.id.name} public value is outside 1 < y < p-1")
         if group.check_subgroup and pow(value, group.subgroup_order, group.prime) != 1:
-            # RFC 6989 §2.2: y^q = 1 mod p proves y lies in the subgroup of prime order q.
+            # RFC 6989: y^q = 1 mod p proves that y lies in the subgroup of prime order q.
             raise InvalidPublicValue(f"{group.id.name} public value is not in the subgroup of order q")
 
         try:
@@ -406,8 +423,7 @@ class _EcpGroup(DhGroup):
         self.public_size = 2 * self.coordinate_size
 
     def generate(self, random: Random) -> DhPrivate:
-        # Eight extra random bytes make the bias of the reduction into [1, n-1] negligible
-        # (FIPS 186-5 A.2.1 uses the same "extra random bits" method).
+        # Eight extra random bytes keep the bias of the reduction into [1, n-1] below 2^-64.
         raw = random(self.coordinate_size + 8)
         scalar = int.from_bytes(raw, "big") % (self.order - 1) + 1
         return _EcpPrivate(self, ec.derive_private_key(scalar, self.curve))
@@ -477,7 +493,7 @@ class _MontgomeryPrivate(DhPrivate):
         except ValueError as error:
             # OpenSSL refuses an all-zero result, which a low-order peer point produces.
             raise InvalidPublicValue(f"{group.id.name} public value rejected: {error}") from None
-        # RFC 8031 §2.3 requires the all-zero check; keep it here in case a backend skips it.
+        # RFC 8031 requires the all-zero check, so it stays here in case a backend skips it.
         if not any(secret):
             raise InvalidPublicValue(f"{group.id.name} shared secret is all zeros")
         return secret
@@ -511,7 +527,7 @@ MODP_3072_PRIME = int(
 # rounded up to whole bytes.
 _MODP_EXPONENT_BITS = {DhId.MODP_2048: 320, DhId.MODP_3072: 424}
 
-# Curve orders n (FIPS 186-5 / SEC 2), needed to map random bytes into [1, n-1].
+# Orders n of P-256, P-384 and P-521, needed to map random bytes into [1, n-1].
 _P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 _P384_ORDER = int(
     "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF581A0DB248B0A77AECEC196ACCC52973", 16
@@ -528,8 +544,8 @@ def dh_group_by_id(dh_id: DhId, *, check_subgroup: bool = False) -> DhGroup:
     """Return the shared DhGroup object for a key exchange method ID; raise CryptoError if unsupported.
 
     `check_subgroup` adds the y^q = 1 mod p test for the MODP groups. It is optional because for
-    safe primes the 1 < y < p-1 range check suffices (RFC 6989 §2.2), and it costs a full-size
-    modular exponentiation in Python.
+    safe primes the 1 < y < p-1 range check suffices (RFC 6989), and it costs a full-size modular
+    exponentiation in Python.
     """
     if dh_id == DhId.MODP_2048:
         return _ModpGroup(DhId.MODP_2048, MODP_2048_PRIME, _MODP_EXPONENT_BITS[dh_id], check_subgroup)

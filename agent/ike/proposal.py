@@ -251,20 +251,20 @@ def select_proposal(offered: Sequence[Proposal], configured: Sequence[list[Trans
     result is the offered proposal reduced to one transform per type, chosen by our order; a
     type the offer left out stays out. Returns None when nothing matches (NO_PROPOSAL_CHOSEN).
     """
-    for wanted in configured:
+    for ours in configured:
         for offer in offered:
-            chosen = _match(offer, wanted)
+            chosen = _match(offer, ours)
             if chosen is not None:
                 logger.debug("selected proposal %d: %s", offer.number, _describe(chosen))
                 return Proposal(offer.number, offer.protocol, offer.spi, tuple(chosen))
     return None
 
 
-def _match(offer: Proposal, wanted: Sequence[Transform]) -> list[Transform] | None:
-    types = sorted({transform.type for transform in offer.transforms} | {t.type for t in wanted})
+def _match(offer: Proposal, configured: Sequence[Transform]) -> list[Transform] | None:
+    types = sorted({transform.type for transform in offer.transforms} | {t.type for t in configured})
     chosen: list[Transform] = []
     for transform_type in types:
-        ours = [transform for transform in wanted if transform.type == transform_type]
+        ours = [transform for transform in configured if transform.type == transform_type]
         theirs = [transform for transform in offer.transforms if transform.type == transform_type]
         if not ours:
             ours = [Transform(transform_type, 0)]
@@ -339,7 +339,7 @@ def child_key_sizes(proposal: Proposal) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class KernelAlgorithms:
-    """What the kernel needs for an ESP SA, with the algorithm names of the Linux crypto API.
+    """Algorithms of an ESP SA for the kernel, named as in the Linux crypto API.
 
     aead: (name, key bits including the 32-bit salt, ICV bits), for XFRMA_ALG_AEAD.
     enc: (name, key bits), for XFRMA_ALG_CRYPT.
@@ -354,7 +354,7 @@ class KernelAlgorithms:
 
 
 # Linux crypto API names: rfc4106 is the ESP form of GCM (RFC 4106) and rfc7539esp the ESP form
-# of ChaCha20-Poly1305 (RFC 7634); both take the salt as the last 4 bytes of the key.
+# of ChaCha20-Poly1305 (RFC 7634). Both take the salt as the last 4 bytes of the key.
 _KERNEL_AEAD = {
     EncrId.ENCR_AES_GCM_16: ("rfc4106(gcm(aes))", 128),
     EncrId.ENCR_CHACHA20_POLY1305: ("rfc7539esp(chacha20,poly1305)", 128),

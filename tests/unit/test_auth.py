@@ -62,8 +62,8 @@ def test_signed_octets_layout():
 
 # ---------------------------------------------------------------------------------------------
 # RFC 7427 Appendix A AlgorithmIdentifier encodings. The hex comes from a published table of
-# DER AlgorithmIdentifiers (the RFC text itself was not available); the same bytes also appear in
-# certificates that OpenSSL signs, which the second test checks.
+# DER AlgorithmIdentifiers because the RFC text itself was not available. The same bytes also
+# appear in certificates that OpenSSL signs, which the second test checks.
 
 ALGORITHM_IDENTIFIERS = {
     "sha1WithRSAEncryption": "300d06092a864886f70d0101050500",
@@ -317,7 +317,7 @@ def test_verify_rejects_sha1_by_default(rsa_key):
         b"\x20" + b"\x30" * 10,  # identifier longer than the data
         b"\x03\x30\x01\x05sig",  # SEQUENCE holding a NULL, no OID
         b"\x07\x30\x05\x06\x03\x2b\x65\x71sig",  # length octet one too long: no signature left
-        b"\x05\x30\x03\x06\x01\x2asig",  # an OID nobody signs with
+        b"\x05\x30\x03\x06\x01\x2asig",  # an OID that names no signature algorithm
         b"\x0c\x30\x0a\x06\x08\x2a\x86\x48\xce\x3d\x04\x03\x02",  # identifier but no signature
     ],
 )

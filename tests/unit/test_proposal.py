@@ -128,7 +128,8 @@ def test_parse_unknown_keyword_names_it_and_lists_valid():
     message = str(error.value)
     assert "'x25518'" in message
     assert "unknown" in message
-    assert "curve25519" in message and "aes128gcm16" in message
+    assert "curve25519" in message
+    assert "aes128gcm16" in message
 
 
 def test_parse_keyword_of_other_protocol():
@@ -239,7 +240,7 @@ def test_select_first_configured_wins():
     assert chosen.spi == offered[1].spi
 
 
-def test_select_reduces_to_one_per_type_in_our_order():
+def test_select_one_per_type():
     offered = [proposal(IKE, *parse_proposal("aes128gcm16-aes256gcm16-prfsha256-prfsha384-ecp256-x25519", IKE))]
     configured = [parse_proposal("aes256gcm16-aes128gcm16-prfsha384-x25519-ecp256", IKE)]
     chosen = select_proposal(offered, configured)
@@ -282,7 +283,7 @@ def test_select_esp_dh_none_offered_matches_no_pfs():
 
 
 def test_select_esp_without_esn_transform():
-    # A peer that leaves out the ESN type still matches "no ESN"; the answer leaves it out too.
+    # A peer that leaves out the ESN type still matches "no ESN", and the selection leaves it out too.
     offered = [proposal(ESP, Transform(ENCR, EncrId.ENCR_AES_GCM_16, 128))]
     chosen = select_proposal(offered, [parse_proposal("aes128gcm16", ESP)])
     assert chosen.transforms == (Transform(ENCR, EncrId.ENCR_AES_GCM_16, 128),)
