@@ -57,11 +57,17 @@ class NotSupported(XfrmError):
 
 
 class BulkError(XfrmError):
-    """Some requests of a batch failed; ``failures`` pairs each failed request with its error."""
+    """Some requests of a batch failed.
 
-    def __init__(self, failures: list[tuple[object, XfrmError]], total: int) -> None:
+    ``failures`` pairs each failed request with its error; ``results`` holds
+    the result of every request, in order, when the batch ran to its end.
+    """
+
+    def __init__(self, failures: list[tuple[object, XfrmError]], total: int,
+                 results: list[object] | None = None) -> None:
         self.failures = failures
         self.total = total
+        self.results = results
         first = failures[0][1]
         message = f"{len(failures)} of {total} requests failed; first: {first}"
         super().__init__(first.request, first.errno, "", message)

@@ -9,6 +9,7 @@ names the SA or policy and never a key.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Union
 
 from xfrm.model import (
     Address,
@@ -186,5 +187,6 @@ class ReplayInfo:
     esn_window: int | None = None  # window of an xfrm_replay_state_esn; None for the legacy struct
 
 
-Op = (AddSa | GetSa | DeleteSa | FlushSas | AllocSpi | AddPolicy | GetPolicy | DeletePolicy
-      | FlushPolicies | GetReplayState | SetReplayState | Migrate)
+OP_TYPES = (AddSa, GetSa, DeleteSa, FlushSas, AllocSpi, AddPolicy, GetPolicy, DeletePolicy,
+            FlushPolicies, GetReplayState, SetReplayState, Migrate)
+Op = Union[OP_TYPES]
