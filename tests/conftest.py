@@ -4,7 +4,9 @@ Tests marked ``lab`` need a kernel that can install ESP states. They run when
 RMOBIKE_LAB=1 (set by ``python -m tests.lab.run``, in the VM or on an
 ESP-capable host) or when this host's kernel has ESP; elsewhere they are
 skipped with a pointer to the lab. Inside the lab a skipped lab test is an
-error, so a run cannot pass while tests quietly did not run.
+error, so a run cannot pass while tests quietly did not run. So is a module
+skipped at import (pytest.importorskip), because its lab tests cannot be told
+apart from its other tests before it is imported.
 """
 
 from __future__ import annotations

@@ -150,8 +150,12 @@ class Namespace:
         with self.entered():
             for key, value in settings.items():
                 path = "/proc/sys/net/" + key.replace(".", "/")
-                with open(path, "w") as sysctl_file:
-                    sysctl_file.write(f"{value}\n")
+                try:
+                    with open(path, "w") as sysctl_file:
+                        sysctl_file.write(f"{value}\n")
+                except OSError as error:
+                    raise OSError(error.errno, f"setting sysctl net.{key}={value} "
+                                  f"in namespace {self.name} failed: {error.strerror}") from error
 
     def popen(self, cmd: Command, **kwargs: object) -> subprocess.Popen:
         """Start ``cmd`` in this namespace and return the Popen object.

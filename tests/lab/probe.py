@@ -9,8 +9,9 @@ timestamp (SO_TIMESTAMPNS, also CLOCK_REALTIME), so a receiver that is
 scheduled late does not see a gap that the network did not cause. Both ends
 run in namespaces of one kernel, so their clocks are the same clock.
 
-The receiver prints READY once its socket is bound, and each end prints one
-JSON object when it ends (after its duration, or on SIGTERM). tests.lab.traffic
+The receiver prints READY once its socket is bound, the sender prints SENDING
+just before its first datagram, and each end prints one JSON object when it
+ends (after its duration, or on SIGTERM). tests.lab.traffic
 starts these processes and computes the report.
 """
 
@@ -28,7 +29,8 @@ import time
 MAGIC = b"RMBP"
 HEADER = struct.Struct("!4sIq")  # magic, sequence number, send time in ns
 MAX_DATAGRAM = 65535
-READY = "READY"
+READY = "READY"  # the receiver's first line: its socket is bound
+SENDING = "SENDING"  # the sender's first line: its first datagram goes out now
 
 # From linux/socket.h and asm-generic/socket.h; the socket module lacks them.
 SO_TIMESTAMPNS = 35
@@ -87,6 +89,7 @@ def send(destination: str, port: int, rate: float, duration: float, size: int,
     errors = 0
     first_ns = last_ns = 0
     max_send_gap_ns = 0
+    print(SENDING, flush=True)
     start = time.monotonic()
     sent = 0
     for sequence in range(count):

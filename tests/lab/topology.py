@@ -55,9 +55,12 @@ MAX_UPLINKS = len(UPLINK_NETWORKS)
 
 PREFERRED_ROUTE_METRIC = 50  # below the per-uplink metrics 100+k
 
-# Sysctls for every namespace that forwards packets. ignore_routes_with_linkdown
+# Sysctls for every namespace that forwards packets, set before its interfaces
+# exist so that they inherit the "default" values. ignore_routes_with_linkdown
 # makes a gateway stop using the routes of an uplink that lost carrier, and
 # keep_addr_on_down keeps IPv6 addresses while a link is down, as IPv4 does.
+# Linux 6.1 rejects ipv6.conf.all.ignore_routes_with_linkdown with EINVAL, so
+# only its default is set.
 _FORWARDING_SYSCTLS: dict[str, str | int] = {
     "ipv4.ip_forward": 1,
     "ipv4.conf.all.rp_filter": 0,
@@ -65,7 +68,6 @@ _FORWARDING_SYSCTLS: dict[str, str | int] = {
     "ipv4.conf.all.ignore_routes_with_linkdown": 1,
     "ipv4.conf.default.ignore_routes_with_linkdown": 1,
     "ipv6.conf.all.forwarding": 1,
-    "ipv6.conf.all.ignore_routes_with_linkdown": 1,
     "ipv6.conf.default.ignore_routes_with_linkdown": 1,
     "ipv6.conf.all.keep_addr_on_down": 1,
     "ipv6.conf.default.keep_addr_on_down": 1,

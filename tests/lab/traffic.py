@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_RATE = 500.0  # datagrams per second
 DEFAULT_PORT = 5001
-START_TIMEOUT = 30.0  # seconds for the receiver to bind; Python starts slowly under TCG
+START_TIMEOUT = 30.0  # seconds for each probe end to start; Python starts slowly under TCG
 LINGER = 1.0  # seconds the receiver keeps listening after the sender ends
 EXIT_TIMEOUT = 30.0  # seconds for either end to print its result after it should end
 
@@ -130,7 +130,8 @@ class Probe:
     """A bounded UDP probe from one namespace to an address in another.
 
     ``start()`` launches the receiver, waits until it is bound, then launches
-    the sender, which stops by itself after ``duration`` seconds. ``wait()``
+    the sender and returns when its first datagram goes out. The sender stops
+    by itself after ``duration`` seconds. ``wait()``
     returns the report; ``stop()`` ends the sender early and returns the
     report. ``close()`` kills whatever still runs and is safe to call twice.
     """
@@ -165,12 +166,12 @@ class Probe:
                                env=env, cwd=CHECKOUT)
 
     def start(self) -> None:
-        """Start the receiver, wait until it listens, then start the sender."""
+        """Start the receiver, wait until it listens, then start the sender and wait until it sends."""
         max_duration = self.duration + LINGER + START_TIMEOUT + EXIT_TIMEOUT
         self._receiver = self._spawn(self.receiver_namespace, [
             "receive", "--listen", self.destination, "--port", str(self.port),
             "--max-duration", str(max_duration)])
-        self._wait_ready(self._receiver)
+        self._wait_line(self._receiver, "receiver", "READY")
 
         arguments = ["send", "--to", self.destination, "--port", str(self.port),
                      "--rate", str(self.rate), "--duration", str(self.duration),
@@ -178,19 +179,24 @@ class Probe:
         if self.source is not None:
             arguments += ["--source", self.source]
         self._sender = self._spawn(self.sender_namespace, arguments)
+        self._wait_line(self._sender, "sender", "SENDING")
         log.info("probe started: %s -> %s port %d, %.0f/s for %.1f s",
                  self.sender_namespace.name, self.destination, self.port,
                  self.rate, self.duration)
 
-    def _wait_ready(self, process: subprocess.Popen) -> None:
+    def _wait_line(self, process: subprocess.Popen, role: str, expected: str) -> None:
+        # Python starts slowly under TCG, so a test that acts right after
+        # start() returned would otherwise act before any traffic flows.
         assert process.stdout is not None
         readable, _, _ = select.select([process.stdout], [], [], START_TIMEOUT)
         line = process.stdout.readline().strip() if readable else ""
-        if line != "READY":
-            self.close()
-            stderr = process.stderr.read() if process.stderr and process.poll() is not None else ""
-            raise ProbeError(f"probe receiver on {self.destination} port {self.port} "
-                             f"did not start within {START_TIMEOUT:.0f} s: {line!r} {stderr}")
+        if line == expected:
+            return
+
+        self.close()
+        stderr = process.stderr.read() if process.stderr is not None else ""
+        raise ProbeError(f"probe {role} for {self.destination} port {self.port} did not "
+                         f"start within {START_TIMEOUT:.0f} s: output {line!r}, {stderr.strip()}")
 
     def run(self) -> ProbeReport:
         """Start the probe, wait for its duration and return the report."""
