@@ -1,0 +1,78 @@
+"""Choose the (local, remote) addresses of a new IKE SA from the live network state.
+
+The netlink watcher's model gives the usable addresses and links, udev gives the uplink marks,
+and the kernel's route lookup says which pairs can carry packets; `agent.uplinks.rank_paths`
+orders the pairs. Link-local, tentative (not optimistic) and DAD-failed addresses never qualify.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from agent.config import ConnectionConfig
+from agent.netwatch.state import NetState
+from agent.uplinks import UDEV_DB_DIR, RouteLookup, RouteLookupError, RouteResolver, rank_paths, read_uplink_marks
+
+logger = logging.getLogger(__name__)
+
+AddressPair = tuple[str, str]  # (local address, remote address)
+
+
+class PathSelector(Protocol):
+    """What the manager asks when it initiates: the best (local, remote) pair, or None."""
+
+    def choose(self, connection: ConnectionConfig) -> AddressPair | None: ...
+
+
+class KernelPaths:
+    """PathSelector on the watcher's NetState, udev marks and the kernel's route lookups."""
+
+    def __init__(self, state: Callable[[], NetState], resolver: RouteResolver,
+                 udev_db_dir: Path = UDEV_DB_DIR) -> None:
+        self._state = state
+        self._resolver = resolver
+        self._udev_db_dir = udev_db_dir
+
+    def choose(self, connection: ConnectionConfig) -> AddressPair | None:
+        state = self._state()
+        links = {link.ifindex: link for link in state.links()}
+        marks = read_uplink_marks(links, self._udev_db_dir)
+        remotes = [ipaddress.ip_address(remote) for remote in connection.remote_hosts()]
+        candidates = rank_paths(connection.local_addrs, remotes, state.usable_addresses(), links, marks, self._lookup)
+        if not candidates:
+            return None
+        best = candidates[0]
+        logger.debug("%s: %d candidate paths, best %s -> %s", connection.name, len(candidates), best.local, best.remote)
+        return str(best.local), str(best.remote)
+
+    def _lookup(self, remote, local) -> RouteLookup | None:
+        try:
+            return self._resolver.lookup(remote, src=local)
+        except (RouteLookupError, TimeoutError) as error:
+            logger.warning("route lookup to %s from %s failed: %s", remote, local or "any", error)
+            return None
+
+
+class FixedPaths:
+    """PathSelector that returns configured pairs: the first single local and remote address.
+
+    For tests and for hosts without a netlink watcher.
+    """
+
+    def __init__(self, paths: dict[str, AddressPair] | None = None) -> None:
+        self.paths = dict(paths or {})
+
+    def choose(self, connection: ConnectionConfig) -> AddressPair | None:
+        if connection.name in self.paths:
+            return self.paths[connection.name]
+        locals_ = [a for a in connection.local_addrs if isinstance(a, (ipaddress.IPv4Address, ipaddress.IPv6Address))]
+        remotes = connection.remote_hosts()
+        for remote in remotes:
+            for local in locals_:
+                if local.version == remote.version:
+                    return str(local), str(remote)
+        return None
