@@ -122,15 +122,27 @@ def select_with_ke(offered: Sequence[Proposal], configured: Sequence[Sequence[Tr
 
 
 def check_selected(answer: SecurityAssociation, configured: Sequence[Sequence[Transform]], protocol: ProtocolId) -> Proposal:
-    """Check the responder's single selected proposal against what we offered (initiator side)."""
+    """Check the responder's single selected proposal against what we offered (initiator side).
+
+    RFC 7296 §2.7: the answer repeats the number of the accepted proposal and holds exactly one
+    of each transform type that proposal offered, each one of those offered.
+    """
     if len(answer.proposals) != 1:
         raise InvalidSyntax(f"responder returned {len(answer.proposals)} proposals, expected 1")
     returned = answer.proposals[0]
     if returned.protocol != protocol:
         raise InvalidSyntax(f"responder selected protocol {returned.protocol!r}, expected {protocol.name}")
-    chosen = select_proposal([returned], [list(p) for p in configured])
-    if chosen is None or set(chosen.transforms) != set(returned.transforms):
-        raise NoProposalChosen("responder selected a proposal that was not offered")
+    if not 1 <= returned.number <= len(configured):
+        raise NoProposalChosen(f"responder selected proposal {returned.number}, which was not offered")
+    offered = configured[returned.number - 1]
+    offered_types = {t.type for t in offered}
+    returned_types = [t.type for t in returned.transforms]
+    if (
+        len(returned_types) != len(set(returned_types))
+        or set(returned_types) != offered_types
+        or any(t not in offered for t in returned.transforms)
+    ):
+        raise NoProposalChosen(f"responder's selection from proposal {returned.number} does not match the offer")
     return returned
 
 

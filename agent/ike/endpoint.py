@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import heapq
 import hmac
-import ipaddress
 import itertools
 import logging
 import struct
@@ -37,7 +36,7 @@ from .config import AuthKind, ChildConfig, EndpointSettings, IkeConfig, Identity
 from .constants import NON_ESP_MARKER, ExchangeType, HeaderFlag, NotifyType, PayloadType
 from .errors import AuthenticationFailed, ProtocolError
 from .events import Address, Event, IkeSaDeleted
-from .ike_sa_init import IkeSaInitInitiator, answer_ike_sa_init
+from .ike_sa_init import IkeSaInitInitiator, answer_ike_sa_init, packed_address
 from .message import Message, peek_header
 from .payloads import Notify
 from .proposal import select_proposal
@@ -434,7 +433,7 @@ class IkeEndpoint:
         # Cookie = <VersionIDofSecret> | Hash(Ni | IPi | SPIi | <secret>)  (RFC 7296 §2.6)
         nonce = message.get(PayloadType.NONCE)
         nonce_data = nonce.data if nonce is not None else b""
-        digest = hashlib.sha256(nonce_data + ipaddress.ip_address(remote[0]).packed + message.spi_i + secret).digest()
+        digest = hashlib.sha256(nonce_data + packed_address(remote[0]) + message.spi_i + secret).digest()
         return _COOKIE_VERSION.pack(version) + digest
 
     def _cookie_valid(self, message: Message, remote: Address, now: float) -> bool:

@@ -126,15 +126,9 @@ def _mark_established(sa: "IkeSa", now: float) -> None:
     sa.half_open_until = None
     sa.schedule_rekey(now)
     sa.endpoint.established(sa)
-    sa.log(
-        logging.INFO,
-        "IKE SA established with %s (%s), NAT local %s remote %s, MOBIKE %s",
-        sa.remote_identity,
-        sa.ike_proposal and _describe_proposal(sa.ike_proposal),
-        sa.nat_local,
-        sa.nat_remote,
-        sa.mobike,
-    )
+    if logger.isEnabledFor(logging.INFO):
+        sa.log(logging.INFO, "IKE SA established with %s (%s), NAT local %s remote %s, MOBIKE %s", sa.remote_identity,
+               _describe_proposal(sa.ike_proposal), sa.nat_local, sa.nat_remote, sa.mobike)
     sa.endpoint.emit(
         IkeSaEstablished(
             ike_sa=sa.unique_id,

@@ -12,6 +12,7 @@ with message ID 0, the COOKIE first and, if asked, a KE payload of the requested
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -49,9 +50,15 @@ def raise_peer_errors(message: "Message") -> None:
             raise peer_error(notify.notify_type, notify.data)
 
 
+@functools.lru_cache(maxsize=4096)
+def packed_address(host: str) -> bytes:
+    """Return an IP address in network byte order (cached: a host has few addresses)."""
+    return ipaddress.ip_address(host).packed
+
+
 def natd_hash(spi_i: bytes, spi_r: bytes, address: "Address") -> bytes:
     """NAT_DETECTION_*_IP data: SHA-1(SPIi | SPIr | IP | port) (RFC 7296 §2.23)."""
-    return hashlib.sha1(spi_i + spi_r + ipaddress.ip_address(address[0]).packed + _U16.pack(address[1])).digest()
+    return hashlib.sha1(spi_i + spi_r + packed_address(address[0]) + _U16.pack(address[1])).digest()
 
 
 def natd_payloads(spi_i: bytes, spi_r: bytes, local: "Address", remote: "Address") -> list[Notify]:
