@@ -190,29 +190,42 @@ class Kernel:
         Returns (SAs removed, policies removed). Objects outside the ranges are never touched.
         """
         recorded = self._read_state_file()
-        sas = [sa for sa in self.api.dump_sas() if owns_reqid(sa.reqid)]
-        policies = [policy for policy in self.api.dump_policies() if owns_policy(policy)]
-        if sas or policies:
-            batch = self.api.bulk()
-            for sa in sas:
-                batch.delete_sa(sa.id)
-            for policy in policies:
-                batch.delete_policy(policy.id)
-            try:
-                batch.commit()
-            except BulkError as error:
-                logger.error("removing state left by an earlier run: %s", error)
+        removed = self._remove_owned()
+        if removed != (0, 0):
             logger.info("removed %d SAs and %d policies left by an earlier run (its state file listed "
-                        "%d SAs and %d policies)", len(sas), len(policies), recorded[0], recorded[1])
+                        "%d SAs and %d policies)", removed[0], removed[1], recorded[0], recorded[1])
         self._write_state_file()
-        return len(sas), len(policies)
+        return removed
 
     def remove_all(self) -> None:
-        """Delete every CHILD_SA and trap policy this Kernel installed (at shutdown)."""
+        """Delete every CHILD_SA and trap policy, then anything else in rmobike's ranges (at shutdown).
+
+        The last step catches larval SAs of negotiations that never completed.
+        """
         for spi_in in list(self._children):
             self.remove_child(spi_in)
         for connection, child in list(self._traps):
             self.remove_trap(connection, child)
+        removed = self._remove_owned()
+        if removed != (0, 0):
+            logger.info("removed %d more SAs and %d more policies in rmobike's ranges", *removed)
+        self._write_state_file()
+
+    def _remove_owned(self) -> tuple[int, int]:
+        sas = [sa for sa in self.api.dump_sas() if owns_reqid(sa.reqid)]
+        policies = [policy for policy in self.api.dump_policies() if owns_policy(policy)]
+        if not sas and not policies:
+            return 0, 0
+        batch = self.api.bulk()
+        for sa in sas:
+            batch.delete_sa(sa.id)
+        for policy in policies:
+            batch.delete_policy(policy.id)
+        try:
+            batch.commit()
+        except BulkError as error:
+            logger.error("removing SAs and policies in rmobike's ranges: %s", error)
+        return len(sas), len(policies)
 
     # --- SPIs ----------------------------------------------------------------------------------
 
@@ -255,6 +268,7 @@ class Kernel:
         try:
             self._complete_inbound(inbound)
         except XfrmError as error:
+            self._delete_sas([inbound.id])  # the larval SA from ALLOCSPI
             raise KernelError(f"CHILD_SA {info.name}: installing inbound SA {inbound.id} failed: {error}") from error
         try:
             self.api.add_sa(outbound)
