@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 import struct
 from collections.abc import Iterator
-from ipaddress import IPv4Address, IPv6Address, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
 from xfrm import constants as c
@@ -128,6 +128,15 @@ def unpack_address(raw: bytes | memoryview, family: int) -> Address:
     raise DecodeError(f"unknown address family {family}")
 
 
+def _network(raw: bytes, prefixlen: int, family: int) -> IPv4Network | IPv6Network:
+    # From an integer: ipaddress would format and parse an address object again.
+    if family == socket.AF_INET:
+        return IPv4Network((int.from_bytes(raw[:4], "big"), prefixlen), strict=False)
+    if family == socket.AF_INET6:
+        return IPv6Network((int.from_bytes(raw[:16], "big"), prefixlen), strict=False)
+    raise DecodeError(f"unknown address family {family}")
+
+
 def _optional_address(raw: bytes, family: int) -> Address | None:
     return None if raw == _ZERO_ADDRESS or family == 0 else unpack_address(raw, family)
 
@@ -173,11 +182,9 @@ def selector_from(values: dict[str, Any], prefix: str) -> Selector | None:
                         and values[f"{prefix}.saddr"] == _ZERO_ADDRESS
                         and not any(values[f"{prefix}.{key}"] for key in keys))):
         return None
-    dst = unpack_address(values[f"{prefix}.daddr"], family)
-    src = unpack_address(values[f"{prefix}.saddr"], family)
     return Selector(
-        src=ip_network((src, plen_s), strict=False),
-        dst=ip_network((dst, plen_d), strict=False),
+        src=_network(values[f"{prefix}.saddr"], plen_s, family),
+        dst=_network(values[f"{prefix}.daddr"], plen_d, family),
         proto=values[f"{prefix}.proto"],
         sport=values[f"{prefix}.sport"],
         dport=values[f"{prefix}.dport"],
@@ -218,8 +225,9 @@ def lifetime_from(values: dict[str, Any], prefix: str) -> Lifetime:
 
 
 def current_from(values: dict[str, Any], prefix: str) -> LifetimeCurrent:
-    return LifetimeCurrent(*(values[f"{prefix}.{name}"]
-                             for name in ("bytes", "packets", "add_time", "use_time")))
+    """Return the xfrm_lifetime_cur under ``prefix`` ("" for a bare xfrm_lifetime_cur)."""
+    lead = f"{prefix}." if prefix else ""
+    return LifetimeCurrent(*(values[lead + name] for name in ("bytes", "packets", "add_time", "use_time")))
 
 
 def mark_attr(mark: Mark | None) -> bytes:
@@ -355,6 +363,10 @@ def replay_from(attrs: dict[int, memoryview]) -> tuple[ReplayState | None, int |
     if raw is not None:
         values = REPLAY_STATE_ESN.unpack(raw)
         words = min(values["bmp_len"], (len(raw) - REPLAY_STATE_ESN.size) // 4)
+        counters = (values["oseq"], values["seq"], values["oseq_hi"], values["seq_hi"])
+        if words == 0 and not any(counters):
+            # A request without counters, as ip and encode_sa send it.
+            return None, values["replay_window"]
         bitmap = struct.unpack_from(f"={words}I", raw, REPLAY_STATE_ESN.size)
         state = ReplayState(values["oseq"], values["seq"], values["oseq_hi"], values["seq_hi"], bitmap)
         return state, values["replay_window"]

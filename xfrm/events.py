@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno as errno_codes
 import logging
 import socket
+import struct
 from dataclasses import dataclass
 from typing import Union
 
@@ -292,7 +293,7 @@ def decode_event(msg_type: int, body: bytes | memoryview) -> Event:
         return Unknown(msg_type, bytes(body))
     try:
         return decoder(memoryview(body))
-    except (KeyError, ValueError) as error:
+    except (KeyError, ValueError, struct.error) as error:
         raise codec.DecodeError(f"malformed XFRM notification of type {msg_type:#x}: "
                                 f"{error}") from error
 

@@ -162,10 +162,13 @@ class Lifetime:
     hard_use_seconds: int | None = None
 
     def __post_init__(self) -> None:
-        for item in dataclasses.fields(self):
-            value = getattr(self, item.name)
+        for name in _LIFETIME_NAMES:
+            value = getattr(self, name)
             if value is not None and not 0 <= value < c.XFRM_INF:
-                raise ValueError(f"lifetime {item.name} {value} out of range 0..2**64-2")
+                raise ValueError(f"lifetime {name} {value} out of range 0..2**64-2")
+
+
+_LIFETIME_NAMES = tuple(item.name for item in dataclasses.fields(Lifetime))
 
 
 @dataclass(frozen=True)

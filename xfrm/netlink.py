@@ -62,24 +62,13 @@ class NetlinkSocket:
     """
 
     def __init__(self, groups: Iterable[int] = (), rcvbuf: int = DEFAULT_RCVBUF,
-                 sndbuf: int = DEFAULT_SNDBUF, timeout: float = DEFAULT_TIMEOUT) -> None:
+                 sndbuf: int = DEFAULT_SNDBUF, timeout: float = DEFAULT_TIMEOUT,
+                 sock: socket.socket | None = None) -> None:
         self.timeout = timeout
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                  c.NETLINK_XFRM)
-        try:
-            _set_buffer(self.sock, SO_SNDBUFFORCE, socket.SO_SNDBUF, sndbuf)
-            _set_buffer(self.sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, rcvbuf)
-            for option in (c.NETLINK_CAP_ACK, c.NETLINK_EXT_ACK):
-                try:
-                    self.sock.setsockopt(c.SOL_NETLINK, option, 1)
-                except OSError:
-                    pass  # before Linux 4.3 / 4.12: full acks, no error texts
-            self.sock.bind((0, 0))
-            for group in groups:
-                self.sock.setsockopt(c.SOL_NETLINK, c.NETLINK_ADD_MEMBERSHIP, group)
-        except BaseException:
-            self.sock.close()
-            raise
+        if sock is not None:
+            self.sock = sock  # already set up, e.g. a test's stand-in for the kernel
+        else:
+            self.sock = _open(groups, rcvbuf, sndbuf)
         granted = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         self.window = max(16, min(MAX_WINDOW, granted // BYTES_PER_ANSWER))
         self._seq = itertools.count(int.from_bytes(os.urandom(3), "big") + 1)
@@ -218,6 +207,25 @@ class NetlinkSocket:
                     raise OSError(number, f"dump of message type {msg_type:#x} failed: "
                                           f"{os.strerror(number)} {detail}".rstrip())
                 entries.append((kind, bytes(payload)))
+
+
+def _open(groups: Iterable[int], rcvbuf: int, sndbuf: int) -> socket.socket:
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, c.NETLINK_XFRM)
+    try:
+        _set_buffer(sock, SO_SNDBUFFORCE, socket.SO_SNDBUF, sndbuf)
+        _set_buffer(sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, rcvbuf)
+        for option in (c.NETLINK_CAP_ACK, c.NETLINK_EXT_ACK):
+            try:
+                sock.setsockopt(c.SOL_NETLINK, option, 1)
+            except OSError:
+                pass  # before Linux 4.3 / 4.12: full acks, no error texts
+        sock.bind((0, 0))
+        for group in groups:
+            sock.setsockopt(c.SOL_NETLINK, c.NETLINK_ADD_MEMBERSHIP, group)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _set_buffer(sock: socket.socket, force_option: int, option: int, size: int) -> None:
