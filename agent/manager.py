@@ -72,6 +72,8 @@ NAT_KEEPALIVE = b"\xff"  # RFC 3948 §2.3: one octet, 0xFF
 RETRY_INTERVAL = 5.0
 # A network change retries waiting connections at once, but at most this often (seconds).
 MIN_RETRY_SPACING = 0.5
+# IKE SA states that count as "the connection is up or coming up".
+_LIVE_STATES = frozenset({IkeSaState.CONNECTING, IkeSaState.HALF_OPEN, IkeSaState.ESTABLISHED})
 
 
 class Transport(Protocol):
@@ -235,7 +237,7 @@ class Manager:
             raise CommandError("rmobiked is shutting down")
         if not connection.remote_hosts():
             raise CommandError(f"connection {name!r} has no single address in remote_addrs to initiate to")
-        existing = self._sas_of(name)
+        existing = self._live_sas_of(name)
         if existing:
             return f"connection {name!r} already has IKE SA {existing[0].unique_id} ({existing[0].state.value})"
         ike_sa = self._initiate(connection, self.now())
@@ -323,7 +325,7 @@ class Manager:
 
     def _initiate_pending(self, pending: PendingInitiation, now: float) -> None:
         connection = self.config.connections.get(pending.connection)
-        if connection is None or self._sas_of(connection.name):
+        if connection is None or self._live_sas_of(connection.name):
             self.pending.pop(pending.connection, None)
             return
         if self._initiate(connection, now) is not None:
@@ -353,7 +355,7 @@ class Manager:
         connection = self.config.connections.get(connection_name)
         if connection is None or self.stopping:
             return
-        sas = self._sas_of(connection_name)
+        sas = self._live_sas_of(connection_name)
         established = [sa for sa in sas if sa.state == IkeSaState.ESTABLISHED]
         if not sas:
             self._schedule(connection_name, now, f"traffic for child {child_name}")
@@ -556,6 +558,10 @@ class Manager:
 
     def _sas_of(self, name: str) -> list[IkeSa]:
         return [sa for sa in self.endpoint.ike_sas if sa.name == name and sa.state != IkeSaState.CLOSED]
+
+    def _live_sas_of(self, name: str) -> list[IkeSa]:
+        """Return the IKE SAs of a connection that are being set up or established (not going away)."""
+        return [sa for sa in self._sas_of(name) if sa.state in _LIVE_STATES]
 
     def _record(self, ike_sa: int, name: str) -> SaRecord:
         record = self.records.get(ike_sa)
