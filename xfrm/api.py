@@ -167,8 +167,9 @@ class XfrmApi(abc.ABC):
         """Overwrite the counters of SA ``sa_id`` (XFRM_MSG_NEWAE).
 
         ``esn_window`` must be the SA's window when its state is the ESN
-        struct (ESN or a window above 32), and None otherwise; the kernel
-        rejects a bitmap of another size with InvalidArgument.
+        struct (ESN or a window above 32), and None otherwise. The kernel
+        rejects an ESN bitmap of another size with InvalidArgument, but
+        ignores without an error a replay state of the other struct.
         """
         self.run(ops.SetReplayState(sa_id, replay, esn_window, current))
 

@@ -337,6 +337,7 @@ class XfrmEvents:
                     raise
                 log.warning("XFRM event buffer overflowed; events were lost")
                 events.append(Overrun())
+                wait = 0.0
                 continue
             if not messages:
                 break
