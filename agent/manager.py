@@ -72,6 +72,8 @@ NAT_KEEPALIVE = b"\xff"  # RFC 3948 §2.3: one octet, 0xFF
 RETRY_INTERVAL = 5.0
 # A network change retries waiting connections at once, but at most this often (seconds).
 MIN_RETRY_SPACING = 0.5
+# Peers whose last IKE datagram time is kept for liveness checks; the table starts over when full.
+MAX_PEERS_HEARD = 4096
 # IKE SA states that count as "the connection is up or coming up".
 _LIVE_STATES = frozenset({IkeSaState.CONNECTING, IkeSaState.HALF_OPEN, IkeSaState.ESTABLISHED})
 
@@ -97,12 +99,16 @@ class SaRecord:
 
 @dataclass
 class PendingInitiation:
-    """A connection to initiate when its time comes (start_action, retries, traps)."""
+    """A connection to initiate, or to trap, when its time comes.
+
+    `trap_children` set means: install trap policies for these children instead of initiating.
+    """
 
     connection: str
     at: float
     attempts: int = 0
     reason: str = ""
+    trap_children: tuple[str, ...] = ()
 
 
 @dataclass
@@ -145,8 +151,9 @@ class Manager:
 
     def _start_connection(self, connection: ConnectionConfig) -> None:
         actions = {child.start_action for child in connection.children.values()}
-        if "trap" in actions:
-            self._install_traps(connection)
+        trapped = tuple(child.name for child in connection.children.values() if child.start_action == "trap")
+        if trapped:
+            self._install_traps(connection, trapped)
         if "start" in actions:
             self._schedule(connection.name, self.now(), "start_action = start")
 
@@ -172,6 +179,8 @@ class Manager:
 
     def receive_datagram(self, data: bytes, local: Address, remote: Address) -> None:
         now = self.now()
+        if len(self._heard_from) >= MAX_PEERS_HEARD:
+            self._heard_from.clear()  # bounded: datagrams from many addresses must not grow it forever
         self._heard_from[remote[0]] = now
         self._core_call(self.endpoint.receive_datagram, data, local, remote, now)
         self._pump()
@@ -314,19 +323,26 @@ class Manager:
 
     # --- initiating ----------------------------------------------------------------------------
 
-    def _schedule(self, name: str, at: float, reason: str, attempts: int = 0) -> None:
+    def _schedule(self, name: str, at: float, reason: str, attempts: int = 0,
+                  trap_children: tuple[str, ...] = ()) -> None:
         if self.stopping:
             return
         pending = self.pending.get(name)
         if pending is None:
-            self.pending[name] = PendingInitiation(name, at, attempts, reason)
-        else:
-            pending.at = min(pending.at, at)
+            self.pending[name] = PendingInitiation(name, at, attempts, reason, trap_children)
+            return
+        pending.at = min(pending.at, at)
+        if not trap_children:
+            pending.trap_children = ()  # initiating wins over trapping
 
     def _initiate_pending(self, pending: PendingInitiation, now: float) -> None:
         connection = self.config.connections.get(pending.connection)
         if connection is None or self._live_sas_of(connection.name):
             self.pending.pop(pending.connection, None)
+            return
+        if pending.trap_children:
+            del self.pending[pending.connection]
+            self._install_traps(connection, pending.trap_children)
             return
         if self._initiate(connection, now) is not None:
             del self.pending[pending.connection]
@@ -367,21 +383,20 @@ class Manager:
                 self._core_call(self.endpoint.create_child, sa.unique_id, child_config, now)
             return
 
-    def _install_traps(self, connection: ConnectionConfig) -> None:
+    def _install_traps(self, connection: ConnectionConfig, children: tuple[str, ...]) -> None:
+        """Install trap policies for `children` of `connection`, or retry once a path exists."""
         path = self.paths.choose(connection)
         if path is None:
             logger.warning("%s: no usable path for trap policies yet; retrying when the network changes",
                            connection.name)
-            self._schedule(connection.name, self.now() + RETRY_INTERVAL, "trap without a path")
+            self._schedule(connection.name, self.now() + RETRY_INTERVAL, "trap without a path", trap_children=children)
             return
         local, remote = path
         ike_config = for_addresses(self.ike_configs[connection.name], connection, local, remote)
-        for settings in connection.children.values():
-            if settings.start_action != "trap":
-                continue
-            child = ike_config.child(settings.name)
+        for name in children:
+            child = ike_config.child(name)
             try:
-                self.kernel.install_trap(connection.name, settings.name, local=local, remote=remote, mode=child.mode,
+                self.kernel.install_trap(connection.name, name, local=local, remote=remote, mode=child.mode,
                                          local_ts=child.local_ts, remote_ts=child.remote_ts)
             except KernelError as error:
                 logger.error("%s: %s", connection.name, error)
@@ -456,18 +471,24 @@ class Manager:
         children = list(connection.children.values())
         if isinstance(event, IkeSaFailed) and not record.established:
             attempts = self._attempts.get(connection.name, 1)
-            wants_start = any(child.start_action in ("start", "trap") for child in children)
+            # A trapped connection is not retried: the next packet triggers the trap again.
+            wants_start = any(child.start_action == "start" for child in children)
             if wants_start and (connection.keyingtries == 0 or attempts < connection.keyingtries):
                 self._schedule(connection.name, now + RETRY_INTERVAL, "retry after failure", attempts)
             return
-        action = "dpd_action" if isinstance(event, IkeSaFailed) else ("close_action" if event.by_peer else None)
-        if action is None:
+        if isinstance(event, IkeSaFailed):
+            action = "dpd_action"  # the peer stopped answering
+        elif event.by_peer:
+            action = "close_action"
+        else:
             return
-        wanted = {getattr(child, action) for child in children}
-        if wanted & {"restart", "start"}:
+        chosen = {child.name: getattr(child, action) for child in children}
+        if {"restart", "start"} & set(chosen.values()):
             self._schedule(connection.name, now, action)
-        elif "trap" in wanted:
-            self._install_traps(connection)
+            return
+        trapped = tuple(name for name, value in chosen.items() if value == "trap" and not self.kernel.has_trap(connection.name, name))
+        if trapped:
+            self._install_traps(connection, trapped)
 
     def _on_child_ready(self, event: ChildSaReady) -> None:
         self._install_child(event.ike_sa, event.child, rekey_of=None)
@@ -508,8 +529,10 @@ class Manager:
         try:
             sa = self.endpoint.ike_sa(record.ike_sa)
         except KeyError:
-            self.records.pop(record.ike_sa, None)
+            # Closed: the record goes when the close event is handled; its timers stop now.
+            record.keepalive_at = record.dpd_at = None
             return
+
         if record.keepalive_at is not None and now >= record.keepalive_at:
             self._send_keepalive(sa)
             record.keepalive_at = now + self.config.agent.keep_alive

@@ -485,3 +485,30 @@ def test_ike_state_while_connecting(tmp_path):
     pair.a.handle_timer()  # sends IKE_SA_INIT; nothing is delivered
 
     assert only(pair.a.list_sas()).state == IkeSaState.CONNECTING.name
+
+
+def test_trap_waits_for_path(tmp_path):
+    pair = make_pair(tmp_path, a_action="trap")
+    pair.a.paths = FixedPaths({"site": None})
+    pair.bring_up()
+    assert pair.fake_a.dump_policies() == []
+
+    pair.a.paths = FixedPaths()
+    pair.network.advance(RETRY_INTERVAL)
+
+    assert len(pair.fake_a.dump_policies()) == 3
+    assert pair.a.list_sas() == []  # trapped, not initiated
+
+
+def test_failed_start_retried_per_keyingtries(tmp_path):
+    pair = make_pair(tmp_path, a_extra="keyingtries = 2")
+    del pair.network.hosts[B]  # nobody answers
+    pair.b.start()
+    pair.a.start()
+
+    pair.network.advance(1000)
+
+    initiations = {d.data[:8] for d in pair.network.sent if d.source[1] == 500}
+    assert len(initiations) == 2  # two IKE SAs, each with its own SPIi
+    assert pair.a.list_sas() == []
+    assert pair.a.pending == {}
