@@ -6,8 +6,8 @@
 
 The loop carries the IKE sockets (agent.sockets), the kernel's XFRM events, the netlink
 watcher, the control socket and one timer; the `Manager` (agent.manager) decides. Signals:
-SIGHUP reloads the configuration, SIGTERM and SIGINT delete every IKE SA (the peers are told),
-wait at most SHUTDOWN_TIMEOUT for the answers, remove the kernel state and exit.
+SIGHUP reloads the configuration. SIGTERM and SIGINT delete every IKE SA, informing the peers,
+wait at most SHUTDOWN_TIMEOUT for their responses, remove the kernel state and exit.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from xfrm import XfrmClient, XfrmError
 
 logger = logging.getLogger(__name__)
 
-# Seconds to wait, at shutdown, for the peers to answer the IKE SA deletes. The kernel state
-# is removed afterwards in any case.
+# Seconds to wait, at shutdown, for the peers' responses to the IKE SA deletes. The kernel
+# state is removed afterwards in any case.
 SHUTDOWN_TIMEOUT = 3.0
 EXIT_OK = 0
 EXIT_FAILURE = 1

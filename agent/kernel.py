@@ -4,7 +4,7 @@
 `XfrmClient`, or `FakeXfrm` in tests) and remembers what it installed, without keys:
 
 - a CHILD_SA: its inbound SA (completing the larval SA that ALLOCSPI reserved), its outbound
-  SA and its policies (see agent.kernel_objects); a rekey adds the new pair of SAs under the
+  SA and its policies (see agent.kernel_objects). A rekey adds the new pair of SAs under the
   same reqid, so the policies stay, and the old pair goes when the core deletes it;
 - trap policies (`start_action = "trap"`): policies with a template but no SA, so that the
   first packet makes the kernel send an ACQUIRE, which the daemon answers by initiating;
@@ -60,7 +60,7 @@ STATE_FILE_NAME = "kernel-state.json"
 
 
 class KernelError(Exception):
-    """Installing, removing or moving kernel state failed; the message says what and why."""
+    """Installing, removing or moving kernel state failed; the message names what and why."""
 
 
 @dataclass

@@ -146,7 +146,7 @@ def _algorithms(info: ChildSaInfo, inbound: bool) -> dict:
 
 
 def without_keys(sa: SecurityAssociation) -> SecurityAssociation:
-    """Return `sa` with its algorithms removed, to keep a record that holds no key."""
+    """Return `sa` without its algorithms, for a record that contains no key."""
     return sa.replace(aead=None, cipher=None, auth=None)
 
 
@@ -180,7 +180,7 @@ def child_policies(endpoints: Endpoints, local_ts: Sequence[TrafficSelector],
                    remote_ts: Sequence[TrafficSelector]) -> list[Policy]:
     """Return the out, in and (tunnel mode) fwd policies for every selector pair.
 
-    Raises UnsupportedSelector when no pair can be expressed; a single pair that cannot
+    Raises UnsupportedSelector when no pair can be expressed. A single pair that cannot be
     (a port range other than one port or all ports) is logged and left out.
     """
     policies: list[Policy] = []

@@ -25,7 +25,7 @@ so that a CHILD_SA's kernel state is in place before the message that completes 
 | kernel event        | core action                                     |
 | ------------------- | ----------------------------------------------- |
 | soft EXPIRE         | rekey the CHILD_SA                              |
-| hard EXPIRE         | delete the CHILD_SA (the peer is told)          |
+| hard EXPIRE         | delete the CHILD_SA, informing the peer         |
 | ACQUIRE on a trap   | initiate the connection, or create the CHILD_SA |
 """
 
@@ -67,8 +67,8 @@ logger = logging.getLogger(__name__)
 Address = tuple[str, int]
 
 NAT_KEEPALIVE = b"\xff"  # RFC 3948 §2.3: one octet, 0xFF
-# Seconds between attempts to initiate a connection that has no usable path, or whose
-# attempt failed and has tries left; a network change retries at once.
+# Seconds between attempts to initiate a connection that has no usable path, or whose attempt
+# failed with tries left. A network change retries at once.
 RETRY_INTERVAL = 5.0
 # A network change retries waiting connections at once, but at most this often (seconds).
 MIN_RETRY_SPACING = 0.5
@@ -79,14 +79,14 @@ _LIVE_STATES = frozenset({IkeSaState.CONNECTING, IkeSaState.HALF_OPEN, IkeSaStat
 
 
 class Transport(Protocol):
-    """Where datagrams go: IkeSockets in the daemon, a fake network in tests."""
+    """The sender of datagrams: IkeSockets in the daemon, a fake network in tests."""
 
     def send(self, data: bytes, local: Address, remote: Address) -> bool: ...
 
 
 @dataclass
 class SaRecord:
-    """What the manager keeps per IKE SA beside the core's own state."""
+    """The manager's state of one IKE SA, beside the core's own."""
 
     ike_sa: int
     connection: str
@@ -158,7 +158,7 @@ class Manager:
             self._schedule(connection.name, self.now(), "start_action = start")
 
     def shutdown(self) -> None:
-        """Delete every IKE SA, telling the peers; the daemon waits for `idle`, then calls close()."""
+        """Delete every IKE SA, informing the peers. The daemon waits for `idle`, then calls close()."""
         self.stopping = True
         self.pending.clear()
         now = self.now()
@@ -258,7 +258,7 @@ class Manager:
         return f"initiating {name!r}, IKE SA {ike_sa}"
 
     def terminate(self, name: str) -> str:
-        """Delete the IKE SAs of connection `name` (the peer is told); raises CommandError."""
+        """Delete the IKE SAs of connection `name`, informing the peer; raises CommandError."""
         self._connection(name)
         self.pending.pop(name, None)
         sas = self._sas_of(name)
@@ -553,8 +553,8 @@ class Manager:
             return
         record.dpd_at = now + delay
         packets_in = sum(self.kernel.counters(child.spi_in).packets_in for child in self.kernel.children_of(sa.unique_id))
-        heard = self._heard_from.get(sa.remote[0], float("-inf")) > now - delay
-        if packets_in != record.dpd_packets_in or heard:
+        ike_recently = self._heard_from.get(sa.remote[0], float("-inf")) > now - delay
+        if packets_in != record.dpd_packets_in or ike_recently:
             record.dpd_packets_in = packets_in
             return
         if sa.state == IkeSaState.ESTABLISHED and sa.active is None:

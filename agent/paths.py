@@ -1,7 +1,7 @@
 """Choose the (local, remote) addresses of a new IKE SA from the live network state.
 
-The netlink watcher's model gives the usable addresses and links, udev gives the uplink marks,
-and the kernel's route lookup says which pairs can carry packets; `agent.uplinks.rank_paths`
+The netlink watcher's model provides the usable addresses and links, and udev the uplink marks.
+The kernel's route lookup reports which pairs can carry packets, and `agent.uplinks.rank_paths`
 orders the pairs. Link-local, tentative (not optimistic) and DAD-failed addresses never qualify.
 """
 
@@ -23,7 +23,7 @@ AddressPair = tuple[str, str]  # (local address, remote address)
 
 
 class PathSelector(Protocol):
-    """What the manager asks when it initiates: the best (local, remote) pair, or None."""
+    """The source of the best (local, remote) pair for a new IKE SA, or None without one."""
 
     def choose(self, connection: ConnectionConfig) -> AddressPair | None: ...
 

@@ -8,7 +8,7 @@ address can carry an IKE SA and a new address needs no new socket:
 - every sent datagram names its source address (sendmsg with IP_PKTINFO / IPV6_PKTINFO), so
   the IKE SA leaves from the address it uses, whatever the routing table prefers;
 - the NAT-T socket sets UDP_ENCAP_ESPINUDP: the kernel takes ESP packets (RFC 3948 §2.2: a
-  non-zero first word) for decryption and drops NAT-keepalives, and the socket sees only IKE
+  non-zero first word) for decryption and drops NAT-keepalives. The socket receives only IKE
   messages, which start with the four-zero-octet non-ESP marker;
 - each socket carries a per-socket XFRM policy that allows everything in and out, so that IKE
   packets bypass IPsec policies whose selectors would otherwise cover the peer's address.
@@ -231,8 +231,8 @@ class IkeSockets:
         """Send `data` from `local` to `remote`; return whether the kernel took it.
 
         `local`'s port picks the socket. A failure (no route, address gone) is logged, at
-        most once per SEND_ERROR_LOG_INTERVAL for the same error and peer, and not raised:
-        IKE retransmits, and a MOBIKE update picks another path.
+        most once per SEND_ERROR_LOG_INTERVAL for the same error and peer, and not raised,
+        because IKE retransmits.
         """
         family = family_of(remote[0])
         sock = self._sockets.get((family, local[1]))

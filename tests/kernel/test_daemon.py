@@ -1,6 +1,6 @@
 """rmobiked on both lab gateways: tunnels through kernel ESP, traps, and a clean shutdown.
 
-The standard lab: gw1 and gw2 with two uplinks each behind a router that knows no LAN
+The standard lab: gw1 and gw2 with two uplinks each behind a router that has no LAN
 routes, so LAN traffic that arrives went through the tunnel.
 """
 

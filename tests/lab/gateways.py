@@ -33,14 +33,14 @@ log = logging.getLogger(__name__)
 CHECKOUT = Path(__file__).resolve().parents[2]
 RMOBIKED = CHECKOUT / ".venv" / "bin" / "rmobiked"
 RMOBIKECTL = CHECKOUT / ".venv" / "bin" / "rmobikectl"
-START_TIMEOUT = 30.0  # seconds until the control socket answers; Python starts slowly under QEMU TCG
+START_TIMEOUT = 30.0  # seconds until the control socket responds; Python starts slowly under QEMU TCG
 UP_TIMEOUT = 30.0  # seconds until the CHILD_SAs are installed
-STOP_TIMEOUT = 15.0  # rmobiked waits 3 s for the peer's answers, then cleans up
+STOP_TIMEOUT = 15.0  # rmobiked waits 3 s for the peer's responses, then cleans up
 PSK = "lab-secret-of-at-least-twenty-octets"
 
 
 class DaemonError(RuntimeError):
-    """rmobiked failed to start, to answer or to stop; the message includes its log's tail."""
+    """rmobiked failed to start, to respond or to stop; the message includes the end of its log."""
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ class Rmobiked:
         self.config_path.chmod(0o600)
 
     def start(self, config_text: str, timeout: float = START_TIMEOUT) -> None:
-        """Start rmobiked with `config_text` and return once its control socket answers."""
+        """Start rmobiked with `config_text` and return once its control socket responds."""
         shutil.rmtree(self.workdir, ignore_errors=True)
         self.write_config(config_text)
         with open(self.log_path, "wb") as log_file:
@@ -153,7 +153,7 @@ class Rmobiked:
                 log.info("rmobiked started on %s", self.name)
                 return
             time.sleep(0.2)
-        raise DaemonError(f"rmobiked on {self.name} did not answer within {timeout:.0f} s:\n{self.log_tail()}")
+        raise DaemonError(f"rmobiked on {self.name} did not respond within {timeout:.0f} s:\n{self.log_tail()}")
 
     def ctl(self, *args: str, check: bool = True, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
         """Run rmobikectl against this daemon; raises DaemonError on failure when `check` is set."""

@@ -222,7 +222,7 @@ def test_shutdown_removes_everything(tmp_path):
     pair.a.close()
 
     assert pair.a.idle
-    assert pair.b.idle  # the peer was told
+    assert pair.b.idle  # the peer got the Delete
     assert pair.fake_a.dump_sas() == pair.fake_b.dump_sas() == []
     assert pair.fake_a.dump_policies() == pair.fake_b.dump_policies() == []
 
@@ -232,7 +232,7 @@ def test_shutdown_without_answer_still_cleans(tmp_path):
     pair.bring_up()
 
     pair.a.shutdown()
-    pair.network.in_flight.clear()  # the peer never answers
+    pair.network.in_flight.clear()  # the peer never responds
     pair.a.close()
 
     assert pair.fake_a.dump_sas() == []
