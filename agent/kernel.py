@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -146,24 +147,34 @@ class MappingChanged:
 Decision = RekeyDue | ChildExpired | TrapTriggered | MappingChanged
 
 
+# Who installed a policy set: ("child", reqid) for a CHILD_SA and its rekeyed successors, or
+# ("trap", connection, child) for trap policies.
+Owner = tuple
+
+
 @dataclass
 class _Reqids:
-    """Kernel reqids in rmobike's range, above the larval one."""
+    """Kernel reqids in rmobike's range, above the larval one, with a count of their users."""
 
-    used: set[int] = field(default_factory=set)
+    users: Counter = field(default_factory=Counter)
     next: int = LARVAL_REQID + 1
 
     def allocate(self) -> int:
         for _ in range(REQID_MAX - REQID_MIN):
             reqid = self.next
             self.next = reqid + 1 if reqid < REQID_MAX else LARVAL_REQID + 1
-            if reqid not in self.used:
-                self.used.add(reqid)
+            if reqid not in self.users:
+                self.users[reqid] = 1
                 return reqid
         raise KernelError(f"all {REQID_MAX - REQID_MIN} reqids of rmobike's range are in use")
 
+    def retain(self, reqid: int) -> None:
+        self.users[reqid] += 1
+
     def release(self, reqid: int) -> None:
-        self.used.discard(reqid)
+        self.users[reqid] -= 1
+        if self.users[reqid] <= 0:
+            del self.users[reqid]
 
 
 class Kernel:
@@ -177,9 +188,9 @@ class Kernel:
         self.state_file = Path(state_dir) / STATE_FILE_NAME if state_dir is not None else None
         self._children: dict[int, InstalledChild] = {}  # by inbound SPI
         self._kernel_reqids: dict[int, int] = {}  # the core's reqid -> kernel reqid
-        self._policy_sets: dict[int, PolicySet] = {}  # by kernel reqid
+        self._policy_sets: dict[Owner, PolicySet] = {}
         self._traps: dict[tuple[str, str], int] = {}  # (connection, child) -> kernel reqid
-        self._owners: dict[tuple, list[int]] = {}  # policy key -> reqids, installed one last
+        self._owners: dict[tuple, list[Owner]] = {}  # policy key -> owners, the installed one last
         self._reqids = _Reqids()
 
     # --- start-up and shutdown ---------------------------------------------------------------
@@ -243,25 +254,36 @@ class Kernel:
                       lifetime: Lifetime = Lifetime(), replay_window: int = 32) -> InstalledChild:
         """Install a new CHILD_SA: both SAs, then its policies (outbound last).
 
-        A CHILD_SA whose core reqid is known (a rekey) keeps the policies of that reqid.
-        Raises KernelError, after removing whatever part of it was installed.
+        A CHILD_SA whose core reqid is known (a rekey) keeps the policies of that reqid. A
+        CHILD_SA with a trap takes the trap's reqid: adding its outbound SA then replaces the
+        larval SA that the kernel created for the ACQUIRE, which would drop packets until it
+        expires. Raises KernelError, after removing whatever part of it was installed.
         """
-        known = info.reqid in self._kernel_reqids
-        reqid = self._kernel_reqids.get(info.reqid) or self._reqids.allocate()
-        self._kernel_reqids[info.reqid] = reqid
+        reqid = self._kernel_reqids.get(info.reqid)
+        new_reqid = reqid is None
+        if new_reqid:
+            reqid = self._reqid_for_child(connection, info.name)
+            self._kernel_reqids[info.reqid] = reqid
         try:
             child = self._install_sas(ike_sa, connection, info, SaOptions(reqid, lifetime, replay_window))
         except KernelError:
-            if not known:
+            if new_reqid:
                 self._forget_reqid(info.reqid)
             raise
         self._children[info.spi_in] = child
-        if reqid not in self._policy_sets:
+        if ("child", reqid) not in self._policy_sets:
             self._install_child_policies(child, info.local_ts, info.remote_ts)
         self._write_state_file()
         logger.info("installed CHILD_SA %s: %08x_i %08x_o %s -> %s, reqid %#x%s", info.name, info.spi_in,
                     info.spi_out, child.local, child.remote, reqid, ", ESP in UDP" if info.udp_encap else "")
         return child
+
+    def _reqid_for_child(self, connection: str, name: str) -> int:
+        trap_reqid = self._traps.get((connection, name))
+        if trap_reqid is not None and ("child", trap_reqid) not in self._policy_sets:
+            self._reqids.retain(trap_reqid)
+            return trap_reqid
+        return self._reqids.allocate()
 
     def _install_sas(self, ike_sa: int, connection: str, info: ChildSaInfo, options: SaOptions) -> InstalledChild:
         inbound, outbound = child_sas(info, options)
@@ -290,10 +312,14 @@ class Kernel:
         endpoints = Endpoints(child.local, child.remote, child.mode, child.reqid)
         try:
             policies = child_policies(endpoints, local_ts, remote_ts)
-            self._install_policy_set(PolicySet(child.reqid, child.connection, child.name, policies))
+            self._install_policy_set(("child", child.reqid),
+                                     PolicySet(child.reqid, child.connection, child.name, policies))
         except (UnsupportedSelector, KernelError) as error:
             self._delete_sas([child.inbound.id, child.outbound.id])
             del self._children[child.spi_in]
+            for core_reqid, kernel_reqid in list(self._kernel_reqids.items()):
+                if kernel_reqid == child.reqid:
+                    self._forget_reqid(core_reqid)
             raise KernelError(f"CHILD_SA {child.name}: installing policies failed: {error}") from error
 
     def remove_child(self, spi_in: int) -> None:
@@ -303,7 +329,7 @@ class Kernel:
             return
         self._delete_sas([child.inbound.id, child.outbound.id])
         if not any(other.reqid == child.reqid for other in self._children.values()):
-            self._remove_policy_set(child.reqid)
+            self._remove_policy_set(("child", child.reqid))
             for core_reqid, kernel_reqid in list(self._kernel_reqids.items()):
                 if kernel_reqid == child.reqid:
                     self._forget_reqid(core_reqid)
@@ -359,7 +385,7 @@ class Kernel:
         reqid = self._reqids.allocate()
         try:
             policies = child_policies(Endpoints(local, remote, mode, reqid), local_ts, remote_ts)
-            self._install_policy_set(PolicySet(reqid, connection, child, policies, trap=True))
+            self._install_policy_set(("trap", connection, child), PolicySet(reqid, connection, child, policies, trap=True))
         except (UnsupportedSelector, KernelError) as error:
             self._reqids.release(reqid)
             raise KernelError(f"trap for {connection}/{child}: {error}") from error
@@ -371,7 +397,7 @@ class Kernel:
         reqid = self._traps.pop((connection, child), None)
         if reqid is None:
             return
-        self._remove_policy_set(reqid)
+        self._remove_policy_set(("trap", connection, child))
         self._reqids.release(reqid)
         self._write_state_file()
         logger.info("removed trap policies for %s/%s", connection, child)
@@ -385,21 +411,21 @@ class Kernel:
 
     # --- policy stacks -------------------------------------------------------------------------
 
-    def _install_policy_set(self, policy_set: PolicySet) -> None:
+    def _install_policy_set(self, owner: Owner, policy_set: PolicySet) -> None:
         """Install a policy set on top of each of its selectors' stacks (inbound first)."""
         ordered = sorted(policy_set.policies, key=lambda p: p.dir == Direction.OUT)
         installed: list[Policy] = []
         try:
             for policy in ordered:
-                self._push_policy(policy_set.reqid, policy)
+                self._push_policy(owner, policy)
                 installed.append(policy)
         except KernelError:
             for policy in installed:
-                self._pop_policy(policy_set.reqid, policy_key(policy))
+                self._pop_policy(owner, policy_key(policy))
             raise
-        self._policy_sets[policy_set.reqid] = policy_set
+        self._policy_sets[owner] = policy_set
 
-    def _push_policy(self, reqid: int, policy: Policy) -> None:
+    def _push_policy(self, owner: Owner, policy: Policy) -> None:
         key = policy_key(policy)
         stack = self._owners.setdefault(key, [])
         try:
@@ -411,7 +437,7 @@ class Kernel:
             if not stack:
                 del self._owners[key]
             raise KernelError(f"installing {policy.id} failed: {error}") from error
-        stack.append(reqid)
+        stack.append(owner)
 
     def _add_new_policy(self, policy: Policy) -> None:
         try:
@@ -423,21 +449,21 @@ class Kernel:
                                   f"(priority {existing.priority})") from None
             self.api.update_policy(policy)
 
-    def _remove_policy_set(self, reqid: int) -> None:
-        policy_set = self._policy_sets.pop(reqid, None)
+    def _remove_policy_set(self, owner: Owner) -> None:
+        policy_set = self._policy_sets.pop(owner, None)
         if policy_set is None:
             return
         # Outbound first, so that nothing is sent in clear while inbound policies go.
         for policy in sorted(policy_set.policies, key=lambda p: p.dir != Direction.OUT):
-            self._pop_policy(reqid, policy_key(policy))
+            self._pop_policy(owner, policy_key(policy))
 
-    def _pop_policy(self, reqid: int, key: tuple) -> None:
-        """Remove `reqid` from a selector's stack; reinstall the owner below, or delete the policy."""
+    def _pop_policy(self, owner: Owner, key: tuple) -> None:
+        """Remove `owner` from a selector's stack; reinstall the owner below, or delete the policy."""
         stack = self._owners.get(key, [])
-        if reqid not in stack:
+        if owner not in stack:
             return
-        was_installed = stack[-1] == reqid
-        stack.remove(reqid)
+        was_installed = stack[-1] == owner
+        stack.remove(owner)
         if not was_installed:
             return
         try:
@@ -445,14 +471,15 @@ class Kernel:
                 self.api.update_policy(self._policy_of(stack[-1], key))
             else:
                 del self._owners[key]
-                self.api.delete_policy(self._policy_of(reqid, key).id)
+                self.api.delete_policy(self._policy_of(owner, key).id)
         except PolicyNotFound:
             logger.warning("policy %s was already gone from the kernel", key[0])
         except XfrmError as error:
-            logger.error("removing policy for reqid %#x failed: %s", reqid, error)
+            logger.error("removing policy of %s failed: %s", owner, error)
 
-    def _policy_of(self, reqid: int, key: tuple) -> Policy:
-        for policy in self._policy_sets[reqid].policies if reqid in self._policy_sets else ():
+    def _policy_of(self, owner: Owner, key: tuple) -> Policy:
+        policy_set = self._policy_sets.get(owner)
+        for policy in policy_set.policies if policy_set is not None else ():
             if policy_key(policy) == key:
                 return policy
         # The set being removed is no longer in _policy_sets; its policy id is all that is needed.
@@ -499,10 +526,11 @@ class Kernel:
         return moves
 
     def _installed_policies(self, reqid: int) -> list[Policy]:
-        policy_set = self._policy_sets.get(reqid)
+        owner = ("child", reqid)
+        policy_set = self._policy_sets.get(owner)
         if policy_set is None:
             return []
-        return [p for p in policy_set.policies if self._owners.get(policy_key(p), [None])[-1] == reqid]
+        return [p for p in policy_set.policies if self._owns_top(owner, p)]
 
     def _apply_move(self, moves: list[SaMove], result: MoveResult) -> None:
         moved = {move.sa.id: sa for move, sa in zip(moves, result.sas)}
@@ -510,21 +538,21 @@ class Kernel:
             child.inbound = without_keys(moved.get(child.inbound.id, child.inbound)).replace(replay=None, current=None)
             child.outbound = without_keys(moved.get(child.outbound.id, child.outbound)).replace(replay=None, current=None)
         by_key = {policy_key(p): p for p in result.policies}
-        for policy_set in self._policy_sets.values():
-            policy_set.policies = [by_key.get(policy_key(p), p) if self._owns_top(policy_set.reqid, p) else p
+        for owner, policy_set in self._policy_sets.items():
+            policy_set.policies = [by_key.get(policy_key(p), p) if self._owns_top(owner, p) else p
                                    for p in policy_set.policies]
         self._retarget_shadowed(moves)
 
-    def _owns_top(self, reqid: int, policy: Policy) -> bool:
-        return self._owners.get(policy_key(policy), [None])[-1] == reqid
+    def _owns_top(self, owner: Owner, policy: Policy) -> bool:
+        return self._owners.get(policy_key(policy), [None])[-1] == owner
 
     def _retarget_shadowed(self, moves: list[SaMove]) -> None:
         """Point the templates of moved reqids' policies that are not installed at the new addresses."""
         for move in moves:
-            for policy_set in self._policy_sets.values():
+            for owner, policy_set in self._policy_sets.items():
                 if policy_set.reqid != move.sa.reqid:
                     continue
-                policy_set.policies = [p if self._owns_top(policy_set.reqid, p)
+                policy_set.policies = [p if self._owns_top(owner, p)
                                        else p.replace(templates=tuple(_retarget(t, move) for t in p.templates))
                                        for p in policy_set.policies]
 

@@ -209,19 +209,46 @@ def test_acquire_on_trap(fake, kernel):
     assert decisions == [TrapTriggered("site", "lan")]
 
 
-def test_child_replaces_trap_then_trap_returns(fake, kernel):
+def test_child_takes_trap_reqid(fake, kernel):
     trap(kernel)
-    trap_out = policies_by_dir(fake)[Direction.OUT][0]
+    trap_policies = fake.dump_policies()
+    trap_reqid = trap_policies[0].templates[0].reqid
     info = make_info(kernel)
 
-    kernel.install_child(7, "site", info)
-    child_out = policies_by_dir(fake)[Direction.OUT][0]
-    kernel.remove_child(info.spi_in)
+    child = kernel.install_child(7, "site", info)
 
-    assert child_out.templates[0].reqid != trap_out.templates[0].reqid
-    assert policies_by_dir(fake)[Direction.OUT][0].templates == trap_out.templates
+    assert child.reqid == trap_reqid
+    assert sa_in(fake, info.spi_out, REMOTE).reqid == trap_reqid
+    kernel.remove_child(info.spi_in)
+    assert fake.dump_policies() == trap_policies
+    assert kernel.has_trap("site", "lan")
     kernel.remove_trap("site", "lan")
     assert fake.dump_policies() == []
+
+
+def test_second_child_of_trap_gets_own_reqid(fake, kernel):
+    trap(kernel)
+    first = kernel.install_child(7, "site", make_info(kernel, reqid=1))
+    second_info = make_info(kernel, reqid=2, spi_out=0xC0000002)
+
+    second = kernel.install_child(8, "site", second_info)
+    kernel.remove_child(second_info.spi_in)
+
+    assert second.reqid != first.reqid
+    assert policies_by_dir(fake)[Direction.OUT][0].templates[0].reqid == first.reqid
+
+
+def test_trap_returns_after_child_with_own_reqid(fake, kernel):
+    trap(kernel)
+    trap_policies = fake.dump_policies()
+    kernel.install_child(7, "site", make_info(kernel, reqid=1))
+    other = make_info(kernel, reqid=2, spi_out=0xC0000002)
+    kernel.install_child(8, "site", other)
+
+    kernel.remove_child(kernel.children[0].spi_in)
+    kernel.remove_child(other.spi_in)
+
+    assert fake.dump_policies() == trap_policies
 
 
 def foreign_objects(fake: FakeXfrm) -> tuple[SecurityAssociation, Policy]:

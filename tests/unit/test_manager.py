@@ -364,10 +364,11 @@ def test_trap_initiates_on_acquire(tmp_path):
     pair.network.advance(0)
 
     assert only(pair.a.list_sas()).state == "ESTABLISHED"
-    assert pair.fake_a.get_policy(trap_out).templates[0].reqid != trap_reqid
+    assert {sa.reqid for sa in pair.fake_a.dump_sas()} == {trap_reqid}
     pair.a.terminate("site")
     pair.network.deliver()
     assert pair.fake_a.get_policy(trap_out).templates[0].reqid == trap_reqid
+    assert len(pair.fake_a.dump_policies()) == 3
     assert pair.fake_a.dump_sas() == []
 
 
