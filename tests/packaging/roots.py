@@ -168,11 +168,18 @@ class Root:
 
     def run(self, argv: list[str], timeout: float = CHROOT_TIMEOUT,
             **kwargs) -> subprocess.CompletedProcess[str]:
-        """Run ``argv`` inside the root, as root, with a clean environment."""
+        """Run ``argv`` inside the root, as root, with a clean environment.
+
+        The command gets its own mount and network namespaces, which end with
+        it: a maintainer script or test that mounts something or creates a
+        network namespace (`ip netns add` does both) leaves nothing behind on
+        the host, and nothing in the root reaches the host's network.
+        """
         env = {"PATH": SYSTEM_PATH, "LC_ALL": "C.UTF-8", "HOME": "/root",
                "DEBIAN_FRONTEND": "noninteractive"}
         log.info("chroot %s: %s", self.path, " ".join(argv))
-        return subprocess.run(["chroot", str(self.path), *argv], capture_output=True,
+        isolate = ["unshare", "--mount", "--net", "--propagation", "private", "--"]
+        return subprocess.run([*isolate, "chroot", str(self.path), *argv], capture_output=True,
                               text=True, timeout=timeout, env=env, **kwargs)
 
     def check(self, argv: list[str], timeout: float = CHROOT_TIMEOUT) -> str:
@@ -188,7 +195,8 @@ class Root:
 
     def remove(self) -> None:
         """Delete the root's directory tree."""
-        # Nothing is mounted in a root on the host, so a plain delete is safe.
+        # Commands ran in mount namespaces of their own (see run), so nothing
+        # is mounted below the root on the host and a plain delete is safe.
         shutil.rmtree(self.path, ignore_errors=True)
 
 
