@@ -161,6 +161,7 @@ class CreateChildInitiator(Initiator):
         sa.log(logging.INFO, "CHILD_SA %s established, %08x_i %08x_o, %s", child.name, child.spi_in, child.spi_out,
                child.mode.value)
         sa.endpoint.emit(ChildSaReady(sa.unique_id, info))
+        sa.drop_if_peer_deleted(child)
         return True
 
     def failed(self, error: ProtocolError, now: float) -> None:
@@ -272,23 +273,27 @@ class ChildRekeyInitiator(Initiator):
 
         from .informational import DeleteChildInitiator
 
-        if not self._current():
-            # The peer deleted the old CHILD_SA meanwhile; the new one simply stays.
+        current = self._current()
+        if current:
+            sa.log(logging.INFO, "CHILD_SA %s rekeyed, %08x_i replaced by %08x_i", old.name, old.spi_in, new.spi_in)
+            sa.endpoint.emit(ChildSaRekeyed(sa.unique_id, old.spi_in, old.spi_out, info))
+            old.state = ChildSaState.REKEYED
+        else:
+            # The peer deleted the old CHILD_SA meanwhile.
             sa.endpoint.emit(ChildSaReady(sa.unique_id, info))
-            return True
-        sa.log(logging.INFO, "CHILD_SA %s rekeyed, %08x_i replaced by %08x_i", old.name, old.spi_in, new.spi_in)
-        sa.endpoint.emit(ChildSaRekeyed(sa.unique_id, old.spi_in, old.spi_out, info))
-        old.state = ChildSaState.REKEYED
-        if old.peer_rekey is None:
-            sa.start(DeleteChildInitiator(sa, [old]), now)
-            return True
 
+        sa.drop_if_peer_deleted(new)
+
+        if old.peer_rekey is None:
+            if current:
+                sa.start(DeleteChildInitiator(sa, [old]), now)
+            return True
         peer_nonce_i, our_nonce_r, _ = old.peer_rekey
         old.peer_rekey = None
         if _lowest_is_ours((self.nonce, nonce_r), (peer_nonce_i, our_nonce_r)):
             sa.log(logging.INFO, "CHILD_SA rekey collision: ours has the lowest nonce, deleting %08x_i", new.spi_in)
             sa.start(DeleteChildInitiator(sa, [new]), now)
-        else:
+        elif current:
             sa.log(logging.INFO, "CHILD_SA rekey collision: ours survives, deleting the old %08x_i", old.spi_in)
             sa.start(DeleteChildInitiator(sa, [old]), now)
         return True
@@ -307,8 +312,12 @@ class ChildRekeyInitiator(Initiator):
         if isinstance(error, TemporaryFailure):
             sa.defer(ChildRekeyInitiator(sa, old), now)
         elif isinstance(error, ChildSaNotFound):
-            sa.log(logging.WARNING, "peer does not know CHILD_SA %s %08x_i, removing it", old.name, old.spi_in)
-            sa.remove_child(old)
+            # RFC 7296 §2.25.1: the peer has no such CHILD_SA (any more). Deleting it also covers
+            # the race in which the peer has not yet seen the answer that created it.
+            from .informational import DeleteChildInitiator
+
+            sa.log(logging.WARNING, "peer does not know CHILD_SA %s %08x_i, deleting it", old.name, old.spi_in)
+            sa.start(DeleteChildInitiator(sa, [old]), now)
         else:
             # NOTE: no automatic retry; the kernel's hard lifetime ends the CHILD_SA if nothing else does.
             sa.endpoint.emit(ChildSaFailed(sa.unique_id, old.name, f"rekey failed: {error}", error.notify_type))
@@ -402,9 +411,16 @@ class IkeRekeyInitiator(Initiator):
                                                algorithms=algorithms, keys=keys, proposal=proposal, now=now)
 
         from .informational import DeleteIkeInitiator
+        from .sa import IkeSaState
 
+        if sa.state == IkeSaState.REKEYED:
+            # The peer's simultaneous rekey already took over (it used its new IKE SA), so this
+            # one is redundant.
+            sa.log(logging.INFO, "IKE SA rekey collision: the peer's IKE SA survived, deleting ours")
+            new_sa.start(DeleteIkeInitiator(new_sa), now)
+            return True
         if sa.peer_rekey is None:
-            _replace(sa, new_sa, now)
+            replace_ike_sa(sa, new_sa, now)
             sa.start(DeleteIkeInitiator(sa), now)
             return True
 
@@ -412,21 +428,25 @@ class IkeRekeyInitiator(Initiator):
         sa.peer_rekey = None
         if _lowest_is_ours((self.nonce, nonce_r), (peer_nonce_i, our_nonce_r)):
             sa.log(logging.INFO, "IKE SA rekey collision: ours has the lowest nonce, deleting it")
-            _replace(sa, peer_sa, now)
+            replace_ike_sa(sa, peer_sa, now)
             new_sa.start(DeleteIkeInitiator(new_sa), now)
         else:
             sa.log(logging.INFO, "IKE SA rekey collision: ours survives, deleting the old IKE SA")
-            _replace(sa, new_sa, now)
+            replace_ike_sa(sa, new_sa, now)
             sa.start(DeleteIkeInitiator(sa), now)
         return True
 
     def failed(self, error: ProtocolError, now: float) -> None:
+        from .sa import IkeSaState
+
         sa = self.sa
+        if sa.state == IkeSaState.REKEYED:
+            return
         if sa.peer_rekey is not None:
             # The peer's simultaneous rekey succeeded; the peer deletes this IKE SA.
             peer_sa = sa.peer_rekey[2]
             sa.peer_rekey = None
-            _replace(sa, peer_sa, now)
+            replace_ike_sa(sa, peer_sa, now)
         elif isinstance(error, TemporaryFailure):
             sa.defer(IkeRekeyInitiator(sa), now)
         else:
@@ -449,10 +469,11 @@ def _rekey_keys(sa: "IkeSa", proposal: Proposal, dh, message: "Message", nonce_i
     return keys, algorithms
 
 
-def _replace(old: "IkeSa", new: "IkeSa", now: float) -> None:
+def replace_ike_sa(old: "IkeSa", new: "IkeSa", now: float) -> None:
     """Move the CHILD_SAs from `old` to `new` and report the rekey."""
     from .sa import IkeSaState
 
+    new.predecessor = None
     old.move_children_to(new, now)
     old.state = IkeSaState.REKEYED
     old.rekey_at = None
@@ -492,8 +513,9 @@ class IkeRekeyResponder(Responder):
                                                algorithms=algorithms, keys=keys, proposal=proposal, now=now)
         if getattr(sa.active, "kind", None) == "ike-rekey":
             sa.peer_rekey = (nonce_i, nonce_r, new_sa)  # a collision, resolved when our own rekey ends
+            new_sa.predecessor = sa
             return
-        _replace(sa, new_sa, now)
+        replace_ike_sa(sa, new_sa, now)
 
 
 def _is_child_rekey(message: "Message") -> bool:

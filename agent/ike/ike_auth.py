@@ -240,6 +240,7 @@ class IkeAuthInitiator(Initiator):
         sa.log(logging.INFO, "CHILD_SA %s established, %08x_i %08x_o, %s", config.name, child.spi_in, child.spi_out,
                child.mode.value)
         sa.endpoint.emit(ChildSaReady(sa.unique_id, info))
+        sa.drop_if_peer_deleted(child)
 
     def failed(self, error: ProtocolError, now: float) -> None:
         sa = self.sa

@@ -148,6 +148,7 @@ class InformationalResponder(Responder):
             for spi in delete.spis:
                 child = sa.child_by_outbound(spi_from_bytes(spi))
                 if child is None:
+                    sa.note_peer_delete(spi_from_bytes(spi))
                     continue
                 self.remove.append(child)
                 if child.state != ChildSaState.DELETING:
@@ -170,6 +171,13 @@ class InformationalResponder(Responder):
             return
         if self.delete_ike:
             sa.log(logging.INFO, "peer deleted the IKE SA")
+            if sa.peer_rekey is not None:
+                # Both sides rekeyed this IKE SA and the peer deletes it: the peer's new IKE SA
+                # survived (RFC 7296 §2.8.2), so the CHILD_SAs move there instead of going away.
+                from .create_child_sa import replace_ike_sa
+
+                replace_ike_sa(sa, sa.peer_rekey[2], now)
+                sa.peer_rekey = None
             sa.close(now, IkeSaDeleted(sa.unique_id, sa.name, by_peer=True))
             return
         for child in self.remove:

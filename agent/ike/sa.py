@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Iterable
 
 from .child import ChildSa, ChildSaState
 from .config import IkeConfig, Identity
-from .constants import ExchangeType, HeaderFlag, PayloadType
+from .constants import ExchangeType, HeaderFlag, PayloadType, ProtocolId
 from .errors import InvalidSyntax, ProtocolError, TemporaryFailure, notify_name
 from .events import Address, ChildSaDeleted, IkeSaDeleted, IkeSaFailed
 from .exchange import Initiator, Responder, responder_for
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ZERO_SPI = bytes(8)
+_PEER_DELETED_KEPT = 8  # SPIs remembered from Deletes of CHILD_SAs not yet known here
 
 
 class IkeSaState(enum.Enum):
@@ -145,6 +146,9 @@ class IkeSa:
         "rekey_at",
         "half_open_until",
         "peer_rekey",
+        "successor",
+        "predecessor",
+        "peer_deleted_spis",
         "timer_at",
     )
 
@@ -201,6 +205,11 @@ class IkeSa:
         # Set while this side's IKE SA rekey is under way and the peer rekeyed too (RFC 7296
         # §2.8.2): (peer's Ni, our Nr, the IKE SA that exchange created).
         self.peer_rekey: tuple[bytes, bytes, IkeSa] | None = None
+        self.successor: IkeSa | None = None  # the IKE SA that replaced this one
+        # Set on an IKE SA that the peer created by rekeying while this side's own rekey of
+        # `predecessor` was under way, until that collision is resolved.
+        self.predecessor: IkeSa | None = None
+        self.peer_deleted_spis: list[int] | None = None
         self.timer_at: float | None = None
 
     # --- identity and logging ----------------------------------------------------------------
@@ -400,6 +409,9 @@ class IkeSa:
         # TODO: without MOBIKE, RFC 7296 §2.23 also follows a NAT mapping change of an
         # established IKE SA; that needs an address-change event for the CHILD_SAs.
 
+        if self.predecessor is not None:
+            self._adopt_if_peer_kept(message, now)
+
         self.peer_message_id += 1
         responder: Responder | None = None
         try:
@@ -418,6 +430,25 @@ class IkeSa:
         self.send_response(message.exchange_type, message_id, payloads, local, remote)
         responder.response_sent(now)
         self._start_next(now)
+
+    def _adopt_if_peer_kept(self, message: Message, now: float) -> None:
+        """Resolve a pending IKE SA rekey collision when the peer starts using this IKE SA.
+
+        The peer sends requests other than a Delete of the IKE SA only on a new IKE SA that it
+        keeps, so its rekey survived (RFC 7296 §2.8.2) and the CHILD_SAs belong here.
+        """
+        old = self.predecessor
+        pending = old.peer_rekey
+        if pending is None or pending[2] is not self:
+            self.predecessor = None
+            return
+        if any(d.protocol_id == ProtocolId.IKE for d in message.get_all(PayloadType.D)):
+            return
+        from .create_child_sa import replace_ike_sa
+
+        self.log(logging.INFO, "peer uses the IKE SA of its rekey, so that one survives")
+        old.peer_rekey = None
+        replace_ike_sa(old, self, now)
 
     def _check_busy(self, responder_class: type[Responder]) -> None:
         kind = getattr(responder_class, "kind", None)
@@ -591,14 +622,47 @@ class IkeSa:
         self.schedule_child_rekey(child, now)
         self.endpoint.mark_dirty(self)
 
+    def note_peer_delete(self, spi_out: int) -> None:
+        """Remember an SPI that the peer deleted while no CHILD_SA here used it.
+
+        This happens when the answer that created the CHILD_SA here was lost and the peer
+        deleted the CHILD_SA before the retransmitted answer arrived.
+        """
+        if self.peer_deleted_spis is None:
+            self.peer_deleted_spis = []
+        self.peer_deleted_spis = self.peer_deleted_spis[-(_PEER_DELETED_KEPT - 1):] + [spi_out]
+
+    def drop_if_peer_deleted(self, child: ChildSa) -> None:
+        """Remove a just-created CHILD_SA at once if the peer already deleted it."""
+        if self.peer_deleted_spis and child.spi_out in self.peer_deleted_spis:
+            self.peer_deleted_spis.remove(child.spi_out)
+            self.log(logging.INFO, "peer deleted CHILD_SA %s %08x_o before its creation completed here",
+                     child.name, child.spi_out)
+            self.remove_child(child)
+
     def child_by_outbound(self, spi_out: int) -> ChildSa | None:
         for child in self.children.values():
             if child.spi_out == spi_out:
                 return child
         return None
 
+    def owner_of(self, child: ChildSa) -> "IkeSa":
+        """Return the IKE SA that holds `child` now: this one or, after rekeys, a successor.
+
+        An exchange that was under way when the IKE SA was rekeyed finishes on the old IKE SA,
+        but the CHILD_SAs it concerns have moved on.
+        """
+        sa = self
+        while sa.children.get(child.spi_in) is not child and sa.successor is not None:
+            sa = sa.successor
+        return sa
+
     def remove_child(self, child: ChildSa) -> None:
         """Forget a CHILD_SA and tell the driver to remove it from the kernel."""
+        owner = self.owner_of(child)
+        if owner is not self:
+            owner.remove_child(child)
+            return
         if self.children.pop(child.spi_in, None) is None:
             return
         self.endpoint.release_spi(child.spi_in)
@@ -612,6 +676,7 @@ class IkeSa:
         """Close the IKE SA: delete its CHILD_SAs, report `event` (if any) and forget it."""
         if self.state == IkeSaState.CLOSED:
             return
+        carried = self._movable_exchanges()
         for child in list(self.children.values()):
             self.remove_child(child)
         self.state = IkeSaState.CLOSED
@@ -625,16 +690,29 @@ class IkeSa:
         self.setup = None
         self.reassembly = None
         self.endpoint.remove(self)
+        for exchange in carried:
+            # For example a CHILD_SA Delete whose answer was lost when the IKE SA was rekeyed:
+            # the CHILD_SA moved to the successor, so the Delete is repeated there.
+            exchange.sa = self.successor
+            self.successor.start(exchange, now)
         if event is not None:
             level = logging.WARNING if isinstance(event, IkeSaFailed) else logging.INFO
             self.log(level, "IKE SA closed: %s", _describe_close(event))
             self.endpoint.emit(event)
+
+    def _movable_exchanges(self) -> list[Initiator]:
+        """Return the running and queued exchanges that a successor IKE SA should take over."""
+        if self.successor is None or self.successor.state == IkeSaState.CLOSED:
+            return []
+        exchanges = ([self.active] if self.active is not None else []) + (self.queue or [])
+        return [exchange for exchange in exchanges if getattr(exchange, "movable", False)]
 
     def fail(self, now: float, reason: str, notify=None) -> None:
         self.close(now, IkeSaFailed(self.unique_id, self.name, reason, notify))
 
     def move_children_to(self, new_sa: "IkeSa", now: float) -> None:
         """Hand every CHILD_SA and queued CHILD_SA exchange to the IKE SA replacing this one."""
+        self.successor = new_sa
         for child in self.children.values():
             new_sa.children[child.spi_in] = child
             if child.state == ChildSaState.REKEYING:

@@ -96,7 +96,7 @@ class Network:
         for _ in range(rounds):
             self.deliver(self.take())
 
-    def flush(self, rounds: int = 50) -> None:
+    def flush(self, rounds: int = 1000) -> None:
         """Deliver until no packet is left, without moving the clock."""
         for _ in range(rounds):
             packets = self.take()
