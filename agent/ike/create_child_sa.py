@@ -20,7 +20,6 @@ lower, which is Python's bytes order.
 from __future__ import annotations
 
 import logging
-import struct
 from typing import TYPE_CHECKING
 
 from .child import (
@@ -50,6 +49,12 @@ if TYPE_CHECKING:
     from .sa import IkeSa
 
 MAX_KE_RETRIES = 2
+
+logger = logging.getLogger(__name__)
+
+
+def _log(sa: "IkeSa", level: int, message: str, *args) -> None:
+    sa.log(level, message, *args, via=logger)
 
 
 # --- Diffie-Hellman for PFS and IKE rekeys ---------------------------------------------------
@@ -100,7 +105,7 @@ def _retry_group(exchange, message: "Message", groups) -> bool:
         raise NoProposalChosen(f"peer asks for key exchange method {group}, which is not configured")
     exchange.retries += 1
     exchange.group = group
-    exchange.sa.log(logging.INFO, "peer asks for key exchange method %d, repeating %s", group, exchange.describe())
+    _log(exchange.sa, logging.INFO, "peer asks for key exchange method %d, repeating %s", group, exchange.describe())
     return True
 
 
@@ -158,7 +163,7 @@ class CreateChildInitiator(Initiator):
         child, info = establish(sa, agreement, self.spi_in, spi_from_bytes(agreement.proposal.spi), initiator=True,
                                 ni=self.nonce, nr=message.get(PayloadType.NONCE).data, shared_secret=shared)
         sa.add_child(child, now)
-        sa.log(logging.INFO, "CHILD_SA %s established, %08x_i %08x_o, %s", child.name, child.spi_in, child.spi_out,
+        _log(sa, logging.INFO, "CHILD_SA %s established, %08x_i %08x_o, %s", child.name, child.spi_in, child.spi_out,
                child.mode.value)
         sa.endpoint.emit(ChildSaReady(sa.unique_id, info))
         sa.drop_if_peer_deleted(child)
@@ -199,7 +204,7 @@ class CreateChildResponder(Responder):
         sa = self.sa
         child, info = self.result
         sa.add_child(child, now)
-        sa.log(logging.INFO, "CHILD_SA %s established by the peer, %08x_i %08x_o", child.name, child.spi_in, child.spi_out)
+        _log(sa, logging.INFO, "CHILD_SA %s established by the peer, %08x_i %08x_o", child.name, child.spi_in, child.spi_out)
         sa.endpoint.emit(ChildSaReady(sa.unique_id, info))
 
 
@@ -275,7 +280,7 @@ class ChildRekeyInitiator(Initiator):
 
         current = self._current()
         if current:
-            sa.log(logging.INFO, "CHILD_SA %s rekeyed, %08x_i replaced by %08x_i", old.name, old.spi_in, new.spi_in)
+            _log(sa, logging.INFO, "CHILD_SA %s rekeyed, %08x_i replaced by %08x_i", old.name, old.spi_in, new.spi_in)
             sa.endpoint.emit(ChildSaRekeyed(sa.unique_id, old.spi_in, old.spi_out, info))
             old.state = ChildSaState.REKEYED
         else:
@@ -291,10 +296,10 @@ class ChildRekeyInitiator(Initiator):
         peer_nonce_i, our_nonce_r, _ = old.peer_rekey
         old.peer_rekey = None
         if _lowest_is_ours((self.nonce, nonce_r), (peer_nonce_i, our_nonce_r)):
-            sa.log(logging.INFO, "CHILD_SA rekey collision: ours has the lowest nonce, deleting %08x_i", new.spi_in)
+            _log(sa, logging.INFO, "CHILD_SA rekey collision: ours has the lowest nonce, deleting %08x_i", new.spi_in)
             sa.start(DeleteChildInitiator(sa, [new]), now)
         elif current:
-            sa.log(logging.INFO, "CHILD_SA rekey collision: ours survives, deleting the old %08x_i", old.spi_in)
+            _log(sa, logging.INFO, "CHILD_SA rekey collision: ours survives, deleting the old %08x_i", old.spi_in)
             sa.start(DeleteChildInitiator(sa, [old]), now)
         return True
 
@@ -316,7 +321,7 @@ class ChildRekeyInitiator(Initiator):
             # the race in which the peer has not yet seen the answer that created it.
             from .informational import DeleteChildInitiator
 
-            sa.log(logging.WARNING, "peer does not know CHILD_SA %s %08x_i, deleting it", old.name, old.spi_in)
+            _log(sa, logging.WARNING, "peer does not know CHILD_SA %s %08x_i, deleting it", old.name, old.spi_in)
             sa.start(DeleteChildInitiator(sa, [old]), now)
         else:
             # NOTE: no automatic retry; the kernel's hard lifetime ends the CHILD_SA if nothing else does.
@@ -357,7 +362,7 @@ class ChildRekeyResponder(Responder):
         sa = self.sa
         new, info = self.result
         sa.add_child(new, now)
-        sa.log(logging.INFO, "CHILD_SA %s rekeyed by the peer, %08x_i replaced by %08x_i", new.name, self.old.spi_in,
+        _log(sa, logging.INFO, "CHILD_SA %s rekeyed by the peer, %08x_i replaced by %08x_i", new.name, self.old.spi_in,
                new.spi_in)
         sa.endpoint.emit(ChildSaRekeyed(sa.unique_id, self.old.spi_in, self.old.spi_out, info))
 
@@ -416,7 +421,7 @@ class IkeRekeyInitiator(Initiator):
         if sa.state == IkeSaState.REKEYED:
             # The peer's simultaneous rekey already took over (it used its new IKE SA), so this
             # one is redundant.
-            sa.log(logging.INFO, "IKE SA rekey collision: the peer's IKE SA survived, deleting ours")
+            _log(sa, logging.INFO, "IKE SA rekey collision: the peer's IKE SA survived, deleting ours")
             new_sa.start(DeleteIkeInitiator(new_sa), now)
             return True
         if sa.peer_rekey is None:
@@ -427,11 +432,11 @@ class IkeRekeyInitiator(Initiator):
         peer_nonce_i, our_nonce_r, peer_sa = sa.peer_rekey
         sa.peer_rekey = None
         if _lowest_is_ours((self.nonce, nonce_r), (peer_nonce_i, our_nonce_r)):
-            sa.log(logging.INFO, "IKE SA rekey collision: ours has the lowest nonce, deleting it")
+            _log(sa, logging.INFO, "IKE SA rekey collision: ours has the lowest nonce, deleting it")
             replace_ike_sa(sa, peer_sa, now)
             new_sa.start(DeleteIkeInitiator(new_sa), now)
         else:
-            sa.log(logging.INFO, "IKE SA rekey collision: ours survives, deleting the old IKE SA")
+            _log(sa, logging.INFO, "IKE SA rekey collision: ours survives, deleting the old IKE SA")
             replace_ike_sa(sa, new_sa, now)
             sa.start(DeleteIkeInitiator(sa), now)
         return True
@@ -451,7 +456,7 @@ class IkeRekeyInitiator(Initiator):
             sa.defer(IkeRekeyInitiator(sa), now)
         else:
             # NOTE: no automatic retry; the IKE SA stays up with its current keys.
-            sa.log(logging.WARNING, "IKE SA rekey failed: %s", error)
+            _log(sa, logging.WARNING, "IKE SA rekey failed: %s", error)
 
 
 def _rekey_keys(sa: "IkeSa", proposal: Proposal, dh, message: "Message", nonce_i: bytes, nonce_r: bytes,
@@ -477,7 +482,7 @@ def replace_ike_sa(old: "IkeSa", new: "IkeSa", now: float) -> None:
     old.move_children_to(new, now)
     old.state = IkeSaState.REKEYED
     old.rekey_at = None
-    old.log(logging.INFO, "IKE SA rekeyed, replaced by %s", new.tag)
+    _log(old, logging.INFO, "IKE SA rekeyed, replaced by %s", new.tag)
     old.endpoint.emit(IkeSaRekeyed(old.unique_id, new.unique_id, new.name, new.spi_i, new.spi_r))
 
 

@@ -44,6 +44,11 @@ from .sa import ZERO_SPI, IkeSa, IkeSaState
 
 logger = logging.getLogger(__name__)
 
+
+def _log(sa: "IkeSa", level: int, message: str, *args) -> None:
+    sa.log(level, message, *args, via=logger)
+
+
 SpiAllocator = Callable[[str, str], int]  # (local address, remote address) -> inbound ESP SPI
 _COOKIE_VERSION = struct.Struct("!H")
 
@@ -155,7 +160,7 @@ class IkeEndpoint:
                    state=IkeSaState.CONNECTING)
         self._register(sa)
         self._index_peer(sa, config.remote_id)
-        sa.log(logging.INFO, "initiating IKE SA from %s:%d", local[0], local[1])
+        _log(sa, logging.INFO, "initiating IKE SA from %s:%d", local[0], local[1])
         sa.start(IkeSaInitInitiator(sa), now)
         self._flush_timers()
         return sa.unique_id
@@ -288,7 +293,7 @@ class IkeEndpoint:
         """Close the other IKE SAs with this peer: it lost its state (RFC 7296 §2.4)."""
         for other in list(self._by_peer.get((sa.config.name, sa.remote_identity), ())):
             if other is not sa and other.initiator == sa.initiator:
-                other.log(logging.INFO, "peer sent INITIAL_CONTACT on %s, closing this IKE SA", sa.tag)
+                _log(other, logging.INFO, "peer sent INITIAL_CONTACT on %s, closing this IKE SA", sa.tag)
                 other.close(now, IkeSaDeleted(other.unique_id, other.name, by_peer=True))
 
     def config_for_identity(self, sa: IkeSa, remote_id: Identity, local_id: Identity | None) -> IkeConfig:
@@ -405,7 +410,7 @@ class IkeEndpoint:
         self._register(sa)
         self._half_open[(remote, spi_i)] = sa
         self._half_open_keys[sa] = (remote, spi_i)
-        sa.log(logging.INFO, "IKE_SA_INIT answered for %s:%d", remote[0], remote[1])
+        _log(sa, logging.INFO, "IKE_SA_INIT answered for %s:%d", remote[0], remote[1])
 
     def _config_for_addresses(self, local: Address, remote: Address) -> IkeConfig | None:
         for config in self.configs:

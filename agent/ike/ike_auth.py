@@ -42,6 +42,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def _log(sa: "IkeSa", level: int, message: str, *args) -> None:
+    sa.log(level, message, *args, via=logger)
+
+
 # --- authentication, both roles --------------------------------------------------------------
 
 
@@ -127,7 +131,7 @@ def _mark_established(sa: "IkeSa", now: float) -> None:
     sa.schedule_rekey(now)
     sa.endpoint.established(sa)
     if logger.isEnabledFor(logging.INFO):
-        sa.log(logging.INFO, "IKE SA established with %s (%s), NAT local %s remote %s, MOBIKE %s", sa.remote_identity,
+        _log(sa, logging.INFO, "IKE SA established with %s (%s), NAT local %s remote %s, MOBIKE %s", sa.remote_identity,
                _describe_proposal(sa.ike_proposal), sa.nat_local, sa.nat_remote, sa.mobike)
     sa.endpoint.emit(
         IkeSaEstablished(
@@ -229,7 +233,7 @@ class IkeAuthInitiator(Initiator):
             child, info = establish(sa, agreement, self.child_spi, spi_from_bytes(agreement.proposal.spi),
                                     initiator=True, ni=sa.setup.nonce_i, nr=sa.setup.nonce_r, shared_secret=None)
         except ProtocolError as error:
-            sa.log(logging.WARNING, "CHILD_SA %s not created: %s", config.name, error)
+            _log(sa, logging.WARNING, "CHILD_SA %s not created: %s", config.name, error)
             sa.endpoint.emit(ChildSaFailed(sa.unique_id, config.name, str(error), error.notify_type))
             if not error.from_peer and message.get(PayloadType.SA) is not None:
                 from .informational import DeleteChildInitiator
@@ -237,7 +241,7 @@ class IkeAuthInitiator(Initiator):
                 sa.start(DeleteChildInitiator(sa, [], spis=[self.child_spi]), now)
             return
         sa.add_child(child, now)
-        sa.log(logging.INFO, "CHILD_SA %s established, %08x_i %08x_o, %s", config.name, child.spi_in, child.spi_out,
+        _log(sa, logging.INFO, "CHILD_SA %s established, %08x_i %08x_o, %s", config.name, child.spi_in, child.spi_out,
                child.mode.value)
         sa.endpoint.emit(ChildSaReady(sa.unique_id, info))
         sa.drop_if_peer_deleted(child)
@@ -312,12 +316,12 @@ class IkeAuthResponder(Responder):
         if self.child is not None:
             child, info = self.child
             sa.add_child(child, now)
-            sa.log(logging.INFO, "CHILD_SA %s established, %08x_i %08x_o, %s", child.name, child.spi_in, child.spi_out,
+            _log(sa, logging.INFO, "CHILD_SA %s established, %08x_i %08x_o, %s", child.name, child.spi_in, child.spi_out,
                    child.mode.value)
             sa.endpoint.emit(ChildSaReady(sa.unique_id, info))
         elif self.child_error is not None:
             error = self.child_error
-            sa.log(logging.WARNING, "CHILD_SA not created: %s", error)
+            _log(sa, logging.WARNING, "CHILD_SA not created: %s", error)
             sa.endpoint.emit(ChildSaFailed(sa.unique_id, "", str(error), error.notify_type))
         sa.setup = None
 

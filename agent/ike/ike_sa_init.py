@@ -39,6 +39,12 @@ NONCE_SIZE = 32  # at least half the key size of every supported PRF (RFC 7296 ย
 MAX_RETRIES = 3  # COOKIE or INVALID_KE_PAYLOAD answers accepted per IKE_SA_INIT
 _U16 = struct.Struct("!H")
 
+logger = logging.getLogger(__name__)
+
+
+def _log(sa: "IkeSa", level: int, message: str, *args) -> None:
+    sa.log(level, message, *args, via=logger)
+
 
 # --- helpers shared with the other exchanges --------------------------------------------------
 
@@ -196,7 +202,7 @@ class IkeSaInitInitiator(Initiator):
         detect_nat(sa, message, sa.spi_r)
         read_extensions(sa, message)
         self._float_ports()
-        sa.log(logging.DEBUG, "IKE_SA_INIT done, NAT local %s remote %s", sa.nat_local, sa.nat_remote)
+        _log(sa, logging.DEBUG, "IKE_SA_INIT done, NAT local %s remote %s", sa.nat_local, sa.nat_remote)
 
         from .ike_auth import IkeAuthInitiator
 
@@ -216,11 +222,11 @@ class IkeSaInitInitiator(Initiator):
             if not 1 <= len(cookie.data) <= 64:
                 raise InvalidSyntax(f"COOKIE of {len(cookie.data)} octets")  # RFC 7296 ยง2.6: 1 to 64 octets
             self.cookie = cookie.data
-            sa.log(logging.INFO, "responder demands a COOKIE, repeating IKE_SA_INIT")
+            _log(sa, logging.INFO, "responder demands a COOKIE, repeating IKE_SA_INIT")
             return True
         if group not in sa.config.dh_groups or group == self.group:
             raise NoProposalChosen(f"responder asks for key exchange method {group}, which is not configured")
-        sa.log(logging.INFO, "responder asks for key exchange method %d instead of %d, repeating IKE_SA_INIT", group, self.group)
+        _log(sa, logging.INFO, "responder asks for key exchange method %d instead of %d, repeating IKE_SA_INIT", group, self.group)
         self.group = group
         self.dh = None
         return True
@@ -300,5 +306,5 @@ def answer_ike_sa_init(sa: "IkeSa", message: "Message", local: "Address", remote
         return False
     sa.send_response(ExchangeType.IKE_SA_INIT, 0, payloads, local, remote)
     responder.response_sent(now)
-    sa.log(logging.DEBUG, "IKE_SA_INIT answered, NAT local %s remote %s", sa.nat_local, sa.nat_remote)
+    _log(sa, logging.DEBUG, "IKE_SA_INIT answered, NAT local %s remote %s", sa.nat_local, sa.nat_remote)
     return True

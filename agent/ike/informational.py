@@ -29,6 +29,12 @@ if TYPE_CHECKING:
     from .message import Message
     from .sa import IkeSa
 
+logger = logging.getLogger(__name__)
+
+
+def _log(sa: "IkeSa", level: int, message: str, *args) -> None:
+    sa.log(level, message, *args, via=logger)
+
 
 class DeleteChildInitiator(Initiator):
     """Delete CHILD_SAs; `spis` adds inbound SPIs of CHILD_SAs this side never installed."""
@@ -88,7 +94,7 @@ class DeleteIkeInitiator(Initiator):
         if sa.state != IkeSaState.REKEYED:
             sa.state = IkeSaState.DELETING
         sa.rekey_at = None
-        sa.log(logging.INFO, "deleting the IKE SA")
+        _log(sa, logging.INFO, "deleting the IKE SA")
         return [Delete(ProtocolId.IKE)]
 
     def process_response(self, message: "Message", now: float) -> bool:
@@ -114,7 +120,7 @@ class LivenessInitiator(Initiator):
         return []
 
     def process_response(self, message: "Message", now: float) -> bool:
-        self.sa.log(logging.DEBUG, "peer answered the liveness check")
+        _log(self.sa, logging.DEBUG, "peer answered the liveness check")
         return True
 
 
@@ -162,7 +168,7 @@ class InformationalResponder(Responder):
             # The initiator rejected our IKE_AUTH answer (RFC 7296 §2.21.2).
             self.failure = AuthenticationFailed("peer rejected our authentication", from_peer=True)
             return
-        self.sa.log(logging.WARNING, "peer reports %s", name)
+        _log(self.sa, logging.WARNING, "peer reports %s", name)
 
     def response_sent(self, now: float) -> None:
         sa = self.sa
@@ -170,7 +176,7 @@ class InformationalResponder(Responder):
             sa.fail(now, str(self.failure), self.failure.notify_type)
             return
         if self.delete_ike:
-            sa.log(logging.INFO, "peer deleted the IKE SA")
+            _log(sa, logging.INFO, "peer deleted the IKE SA")
             if sa.peer_rekey is not None:
                 # Both sides rekeyed this IKE SA and the peer deletes it: the peer's new IKE SA
                 # survived (RFC 7296 §2.8.2), so the CHILD_SAs move there instead of going away.

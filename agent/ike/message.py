@@ -20,10 +20,10 @@ import struct
 from contextlib import contextmanager
 from typing import Callable, Iterable
 
-from .constants import IKE_VERSION, ExchangeType, HeaderFlag, NotifyType, PayloadType
+from .constants import IKE_VERSION, ExchangeType, HeaderFlag, PayloadType
 from .crypto import Encryption, Integrity, IntegrityError
 from .errors import IntegrityCheckFailed, InvalidMajorVersion, InvalidSyntax, ProtocolError, UnsupportedCriticalPayload
-from .payloads import PAYLOAD_CLASSES, Encrypted, EncryptedFragment, Notify, Payload, UnknownPayload
+from .payloads import PAYLOAD_CLASSES, EncryptedFragment, Payload, UnknownPayload
 
 HEADER = struct.Struct("!8s8sBBBBII")  # SPIi, SPIr, next payload, version, exchange, flags, message ID, length
 HEADER_SIZE = HEADER.size
@@ -426,9 +426,3 @@ def authenticated_errors():
         error.authenticated = True
         raise
 
-
-def notify_message(
-    spi_i: bytes, spi_r: bytes, exchange_type: int, flags: int, message_id: int, notify_type: NotifyType, data: bytes = b""
-) -> Message:
-    """Build a message carrying one notify (used for unprotected IKE_SA_INIT answers)."""
-    return Message(spi_i, spi_r, exchange_type, flags, message_id, [Notify(notify_type, data)])

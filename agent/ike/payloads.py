@@ -591,20 +591,9 @@ class Configuration(Payload):
         return cls(body[0], attributes)
 
 
-# --- SK and SKF (RFC 7296 §3.14, RFC 7383 §2.5) ----------------------------------------------
-
-
-class Encrypted(Payload):
-    """SK payload: the payloads it protects. message.py encrypts and decrypts it."""
-
-    __slots__ = ("payloads",)
-    payload_type = PayloadType.SK
-
-    def __init__(self, payloads: list[Payload]):
-        self.payloads = payloads
-
-    def summary(self) -> str:
-        return "SK{" + ", ".join(p.summary() for p in self.payloads) + "}"
+# --- SKF (RFC 7383 §2.5) ----------------------------------------------------------------------
+# The SK payload has no class: a decrypted message's payloads are the SK payload's content, and
+# `Message.protected` says that they came inside SK (see message.py).
 
 
 class EncryptedFragment(Payload):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 from .child import ChildSa, ChildSaState
 from .config import IkeConfig, Identity
@@ -88,8 +88,6 @@ class Setup:
         "sk_pr",
         "peer_hash_algorithms",
         "peer_certreq",
-        "child_spi",
-        "auth_failed_locally",
     )
 
     def __init__(self) -> None:
@@ -101,8 +99,6 @@ class Setup:
         self.sk_pr = b""
         self.peer_hash_algorithms: tuple = ()
         self.peer_certreq = False
-        self.child_spi: int | None = None
-        self.auth_failed_locally = False
 
 
 class IkeSa:
@@ -226,9 +222,10 @@ class IkeSa:
     def tag(self) -> str:
         return f"{self.config.name}[{self.unique_id}] {self.spi_i.hex()}_i {self.spi_r.hex()}_r {self.remote[0]}:{self.remote[1]}"
 
-    def log(self, level: int, message: str, *args) -> None:
-        if logger.isEnabledFor(level):
-            logger.log(level, "%s: " + message, self.tag, *args)
+    def log(self, level: int, message: str, *args, via: logging.Logger = logger) -> None:
+        """Log a line tagged with this IKE SA (name, unique id, SPIs, peer) through logger `via`."""
+        if via.isEnabledFor(level):
+            via.log(level, "%s: " + message, self.tag, *args)
 
     def __repr__(self) -> str:
         return f"<IkeSa {self.tag} {self.state.value}>"
@@ -741,6 +738,3 @@ def _describe_close(event) -> str:
         return "deleted by the peer" if event.by_peer else "deleted"
     return type(event).__name__
 
-
-def payload_types(payloads: Iterable[Payload]) -> list[str]:
-    return [PayloadType(p.payload_type).name for p in payloads]
