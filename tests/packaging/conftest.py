@@ -77,16 +77,16 @@ def fresh_root(
     tmp_path_factory: pytest.TempPathFactory, root_packages: list[str]
 ) -> Iterator[Callable[[str], roots.Root]]:
     """A function that unpacks a clean root of a suite; every root is deleted at the end."""
-    made: list[roots.Root] = []
+    unpacked: list[roots.Root] = []
 
     def _fresh_root(suite: str) -> roots.Root:
         tarball = roots.base_tarball(suite, root_packages)
         root = roots.Root.unpack(tarball, tmp_path_factory.mktemp(suite) / "root", suite)
-        made.append(root)
+        unpacked.append(root)
         return root
 
     yield _fresh_root
-    for root in made:
+    for root in unpacked:
         root.remove()
 
 

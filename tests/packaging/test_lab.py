@@ -1,4 +1,4 @@
-"""The installed daemon, started in the lab VM like its systemd unit, answers rmobikectl status.
+"""The installed daemon, started in the lab VM like its systemd unit, serves rmobikectl status.
 
 The host prepares a Debian 12 root with the .deb installed under lab-out/,
 which the VM shares read-write; tests/packaging/guest_start.py then runs
