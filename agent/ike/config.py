@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from .constants import IdType, ProtocolId, TransformType
 from .events import Lifetimes, Mode
 from .payloads import TrafficSelector, format_identity
+from .auth import identity_matches
 from .proposal import Transform, parse_proposal
 
 
@@ -255,6 +256,12 @@ class IkeConfig:
     def matches_addresses(self, local_host: str, remote_host: str) -> bool:
         """Tell whether this config may answer an IKE_SA_INIT between these addresses."""
         return _address_in(local_host, self.local_networks) and _address_in(remote_host, self.remote_networks)
+
+    def is_local_identity(self, identity: Identity) -> bool:
+        """Tell whether an IDr the peer asks for names this side: our ID or one our certificate proves."""
+        if identity == self.local_id:
+            return True
+        return self.auth == AuthKind.PUBKEY and identity_matches(self.certificate, identity.id_type, identity.data)
 
     def child(self, name: str) -> ChildConfig:
         for child in self.children:

@@ -297,19 +297,27 @@ class IkeEndpoint:
                 other.close(now, IkeSaDeleted(other.unique_id, other.name, by_peer=True))
 
     def config_for_identity(self, sa: IkeSa, remote_id: Identity, local_id: Identity | None) -> IkeConfig:
-        """Pick the config for an IKE_AUTH request by the peer's IDi and the IDr it asks for."""
+        """Pick the config for an IKE_AUTH request by the peer's IDi and the IDr it asks for.
+
+        A config whose `remote_id` equals IDi wins; otherwise a config that authenticates the
+        peer by certificate may take it, and the certificate must then prove its `remote_id`.
+        """
         candidates = [sa.config] + [c for c in self.configs if c is not sa.config]
-        for config in candidates:
-            if not config.matches_addresses(sa.local[0], sa.remote[0]):
-                continue
-            if local_id is not None and local_id != config.local_id:
-                continue
-            if config.remote_id is not None and config.remote_id != remote_id:
-                continue
-            if config is not sa.config and select_proposal([sa.ike_proposal], [list(p) for p in config.ike_transforms]) is None:
-                continue
-            return config
+        usable = [c for c in candidates if self._config_usable(c, sa, local_id)]
+        for config in usable:
+            if config.remote_id == remote_id:
+                return config
+        for config in usable:
+            if config.peer_auth == AuthKind.PUBKEY:
+                return config
         raise AuthenticationFailed(f"no connection accepts peer identity {remote_id}")
+
+    def _config_usable(self, config: IkeConfig, sa: IkeSa, local_id: Identity | None) -> bool:
+        if not config.matches_addresses(sa.local[0], sa.remote[0]):
+            return False
+        if local_id is not None and not config.is_local_identity(local_id):
+            return False
+        return config is sa.config or select_proposal([sa.ike_proposal], [list(p) for p in config.ike_transforms]) is not None
 
     def create_rekeyed_sa(self, old: IkeSa, *, initiator: bool, spi_i: bytes, spi_r: bytes, algorithms, keys, proposal,
                           now: float) -> IkeSa:

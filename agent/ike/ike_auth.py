@@ -73,13 +73,13 @@ def _auth_payload(sa: "IkeSa", octets: bytes) -> Authentication:
 def _verify_peer(sa: "IkeSa", config: IkeConfig, message: "Message", identification: Identification, octets: bytes) -> None:
     """Check the peer's identity and AUTH payload; raise AuthenticationFailed with the reason."""
     identity = Identity(identification.id_type, identification.data)
-    if config.remote_id is not None and identity != config.remote_id:
-        raise AuthenticationFailed(f"peer identity {identity} is not the configured {config.remote_id}")
     payload = message.get(PayloadType.AUTH)
     if payload is None:
         raise AuthenticationFailed("no AUTH payload (EAP is not supported)")
 
     if config.peer_auth == AuthKind.PSK:
+        if config.remote_id is not None and identity != config.remote_id:
+            raise AuthenticationFailed(f"peer identity {identity} is not the configured {config.remote_id}")
         if payload.method != AuthMethod.SHARED_KEY_MESSAGE_INTEGRITY_CODE:
             raise AuthenticationFailed(f"peer used AUTH method {payload.method}, expected a shared key")
         try:
@@ -96,6 +96,14 @@ def _verify_peer(sa: "IkeSa", config: IkeConfig, message: "Message", identificat
         auth.validate_chain(end_entity, intermediates, config.cas, clock())
         if not auth.identity_matches(end_entity, identification.id_type, identification.data):
             raise auth.AuthError(f"identity {identity} is not in the certificate")
+        # The configured identity is checked against the certificate rather than compared with
+        # IDi octet by octet: a DN has several valid DER encodings, and IDi may be another name
+        # that the same certificate also carries.
+        remote_id = config.remote_id
+        if remote_id is not None and remote_id != identity and not auth.identity_matches(
+            end_entity, remote_id.id_type, remote_id.data
+        ):
+            raise auth.AuthError(f"certificate does not prove the configured identity {remote_id}")
         auth.verify(end_entity.public_key(), payload.method, payload.data, octets)
     except auth.AuthError as error:
         raise AuthenticationFailed(str(error)) from None

@@ -297,8 +297,70 @@ def format_identity(id_type: int, data: bytes) -> str:
         return str(ipaddress.ip_address(data))
     if id_type == IdType.ID_FQDN or id_type == IdType.ID_RFC822_ADDR:
         return data.decode("ascii", "backslashreplace")
+    if id_type == IdType.ID_DER_ASN1_DN:
+        try:
+            return _format_dn(data)
+        except (IndexError, ValueError, UnicodeDecodeError):
+            pass
     name = IdType(id_type).name if id_type in IdType._value2member_map_ else str(id_type)
     return f"{name}:{data.hex()}"
+
+
+# Short names of the attribute types seen in IKE identities (RFC 4514 §3, RFC 5280 §4.1.2.4).
+_DN_ATTRIBUTE_NAMES = {
+    "2.5.4.3": "CN",
+    "2.5.4.6": "C",
+    "2.5.4.7": "L",
+    "2.5.4.8": "ST",
+    "2.5.4.10": "O",
+    "2.5.4.11": "OU",
+    "2.5.4.5": "serialNumber",
+    "1.2.840.113549.1.9.1": "E",
+    "0.9.2342.19200300.100.1.25": "DC",
+}
+
+
+def _der_items(data: bytes, start: int, end: int):
+    """Yield (tag, value start, value end) of the DER elements between start and end."""
+    offset = start
+    while offset < end:
+        tag, length = data[offset], data[offset + 1]
+        offset += 2
+        if length & 0x80:
+            count = length & 0x7F
+            if not 1 <= count <= 3:
+                raise ValueError("unsupported DER length")
+            length = int.from_bytes(data[offset : offset + count], "big")
+            offset += count
+        if offset + length > end:
+            raise ValueError("DER element exceeds its container")
+        yield tag, offset, offset + length
+        offset += length
+
+
+def _der_oid(value: bytes) -> str:
+    arcs, number = [], 0
+    for octet in value:
+        number = (number << 7) | (octet & 0x7F)
+        if not octet & 0x80:
+            arcs.append(number)
+            number = 0
+    first = min(arcs[0] // 40, 2)
+    return ".".join(map(str, [first, arcs[0] - 40 * first, *arcs[1:]]))
+
+
+def _format_dn(data: bytes) -> str:
+    """Render a DER Name the way strongSwan prints it, e.g. "O=Example, CN=gw" (logs only)."""
+    (tag, start, end), = _der_items(data, 0, len(data))
+    if tag != 0x30:
+        raise ValueError("not a SEQUENCE")
+    parts = []
+    for _, set_start, set_end in _der_items(data, start, end):
+        for _, attr_start, attr_end in _der_items(data, set_start, set_end):
+            (oid_tag, oid_start, oid_end), (_, value_start, value_end) = _der_items(data, attr_start, attr_end)
+            oid = _der_oid(data[oid_start:oid_end])
+            parts.append(f"{_DN_ATTRIBUTE_NAMES.get(oid, oid)}={data[value_start:value_end].decode('utf-8')}")
+    return ", ".join(parts)
 
 
 class Certificate(Payload):

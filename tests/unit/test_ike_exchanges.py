@@ -722,3 +722,36 @@ def test_commands_need_established_sa():
         left.rekey_ike(left_id, 0.0)
     with pytest.raises(KeyError):
         left.check_liveness(999, 0.0)
+
+
+def test_certificate_dn_identities():
+    from cryptography import x509
+    from cryptography.x509.name import _ASN1Type
+    from cryptography.x509.oid import NameOID
+
+    pki = make_pki()
+    left_config, right_config = cert_pair(pki)
+    # Each side sends its subject DN as IDi/IDr; the other side configured the peer's DN with
+    # PrintableString instead of UTF8String, so the DER octets differ but the DN is the same.
+    def printable_dn(host):
+        name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "rmobike test", _type=_ASN1Type.PrintableString),
+                          x509.NameAttribute(NameOID.COMMON_NAME, host, _type=_ASN1Type.PrintableString)])
+        return Identity(9, name.public_bytes())
+
+    left_config = replace(left_config, local_id=Identity.from_certificate(pki.certs["left.example"]),
+                          remote_id=printable_dn("right.example"))
+    right_config = replace(right_config, local_id=Identity.from_certificate(pki.certs["right.example"]),
+                           remote_id=printable_dn("left.example"))
+    assert left_config.remote_id.data != pki.certs["right.example"].subject.public_bytes()
+    *_, (left_events, right_events) = established(left_config, right_config)
+    assert of_type(left_events, IkeSaEstablished)[0].remote_id == "O=rmobike test, CN=right.example"
+    assert of_type(right_events, IkeSaEstablished)[0].remote_id == "O=rmobike test, CN=left.example"
+
+
+def test_certificate_fqdn_config_accepts_dn_idi():
+    pki = make_pki()
+    left_config, right_config = cert_pair(pki)
+    left_config = replace(left_config, local_id=Identity.from_certificate(pki.certs["left.example"]))
+    # The responder configured "left.example", which the initiator's certificate carries as SAN.
+    *_, (_, right_events) = established(left_config, right_config)
+    assert of_type(right_events, IkeSaEstablished)

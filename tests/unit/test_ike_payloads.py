@@ -3,6 +3,8 @@
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.ike.constants import (
     AuthMethod,
@@ -304,3 +306,26 @@ def test_configuration_round_trip():
 def test_configuration_attribute_overrun():
     with pytest.raises(InvalidSyntax):
         Configuration.decode_body(PayloadType.CP, bytes((1, 0, 0, 0)) + struct.pack("!HH", 1, 9) + b"abc")
+
+
+def test_format_identity():
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    from agent.ike.payloads import format_identity
+
+    dn = x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "CH"), x509.NameAttribute(NameOID.COMMON_NAME, "gw")])
+    assert format_identity(IdType.ID_DER_ASN1_DN, dn.public_bytes()) == "C=CH, CN=gw"
+    assert format_identity(IdType.ID_DER_ASN1_DN, b"\x30\x05garb") == "ID_DER_ASN1_DN:300567617262"
+    assert format_identity(IdType.ID_IPV6_ADDR, bytes(15) + b"\x01") == "::1"
+    assert format_identity(IdType.ID_KEY_ID, b"\x01") == "ID_KEY_ID:01"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(list(IdType) + [99]), st.binary(max_size=60))
+def test_format_identity_any_data(id_type, data):
+    from agent.ike.payloads import format_identity
+
+    if id_type in (IdType.ID_IPV4_ADDR, IdType.ID_IPV6_ADDR):
+        data = data.ljust(16, b"\x00")[: 4 if id_type == IdType.ID_IPV4_ADDR else 16]
+    assert isinstance(format_identity(id_type, data), str)
