@@ -1,7 +1,7 @@
 """The interface shared by XfrmClient (the kernel) and FakeXfrm (memory).
 
 Both implement ``execute`` (run a batch of requests), the two dumps,
-``features`` and ``events``; everything else here is built on those, so the
+``features`` and ``events``. Everything else here is built on those, so the
 fake behaves like the kernel for every method, including ``move``.
 """
 
@@ -35,13 +35,13 @@ from xfrm.model import (
 
 @dataclass(frozen=True)
 class KernelFeatures:
-    """What the running kernel offers beyond the basics, probed once per client."""
+    """Optional kernel features, probed once per client."""
 
     migrate: bool  # XFRM_MSG_MIGRATE works (CONFIG_XFRM_MIGRATE)
 
 
 class EventSource(Protocol):
-    """Where events come from: XfrmEvents for the kernel, FakeEvents for the fake."""
+    """A source of events: XfrmEvents for the kernel, FakeEvents for the fake."""
 
     def fileno(self) -> int: ...
 
@@ -64,7 +64,7 @@ class XfrmApi(abc.ABC):
         that the request failed with. A failed request does not stop the
         ones after it. Raises ValueError, before anything runs, for a
         request that cannot be encoded, and XfrmError if the batch as a
-        whole failed (for example, no answer from the kernel).
+        whole failed (for example, no response from the kernel).
         """
 
     @abc.abstractmethod
@@ -130,8 +130,8 @@ class XfrmApi(abc.ABC):
                   high: int = 0xFFFFFFFF, mark: Mark | None = None, if_id: int = 0) -> int:
         """Reserve an unused SPI in [low, high] for an inbound SA from ``src`` to ``dst``.
 
-        The kernel holds a larval SA under that SPI for about 30 s; install
-        the real SA with update_sa (add_sa would raise SaExists).
+        The kernel keeps a larval SA under that SPI for about 30 s. Install
+        the real SA with update_sa, because add_sa would raise SaExists.
         """
         larval = self.run(ops.AllocSpi(to_address(src), to_address(dst), proto, mode, reqid,
                                        low, high, mark, if_id))
@@ -178,9 +178,9 @@ class XfrmApi(abc.ABC):
         """Send one XFRM_MSG_MIGRATE for ``policy_id`` (at most 6 migrations).
 
         Raises PolicyNotFound, or NotSupported without CONFIG_XFRM_MIGRATE.
-        The kernel moves the SAs it finds and the policy's templates, and
-        reports success even for an entry whose SA it did not find; ``move``
-        checks that.
+        The kernel moves the SAs it finds and the policy's templates. It
+        reports success even for an entry whose SA it did not find, which
+        ``move`` checks for.
         """
         self.run(ops.Migrate(policy_id, tuple(migrations), encap))
 

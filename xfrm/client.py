@@ -15,13 +15,20 @@ from xfrm.api import KernelFeatures, XfrmApi
 from xfrm.errors import XfrmError, error_for
 from xfrm.events import DEFAULT_GROUPS, XfrmEvents
 from xfrm.model import Direction, Migration, Policy, PolicyId, SecurityAssociation, Selector
-from xfrm.netlink import DEFAULT_RCVBUF, DEFAULT_SNDBUF, DEFAULT_TIMEOUT, NetlinkSocket, NetlinkTimeout
+from xfrm.netlink import (
+    DEFAULT_RCVBUF,
+    DEFAULT_SNDBUF,
+    DEFAULT_TIMEOUT,
+    NetlinkSocket,
+    NetlinkTimeout,
+    Response,
+)
 
 log = logging.getLogger(__name__)
 
 # The MIGRATE probe names a policy that cannot exist: a selector whose
 # `user` member no policy sets. The kernel compares whole selectors, so it
-# answers ENOENT when MIGRATE works and ENOPROTOOPT when it is compiled out.
+# returns ENOENT when MIGRATE works and ENOPROTOOPT when it is compiled out.
 # The addresses are from TEST-NET-1 (RFC 5737) and are never used on the wire.
 _PROBE = ops.Migrate(
     PolicyId(Selector(IPv4Network("192.0.2.1/32"), IPv4Network("192.0.2.2/32"), user=0x726D6F62),
@@ -35,7 +42,7 @@ class XfrmClient(XfrmApi):
     """Program the XFRM tables of the network namespace this client was created in.
 
     Needs CAP_NET_ADMIN. ``timeout`` is how long, in seconds, a request may
-    go without an answer before the batch fails with an XfrmError (ETIMEDOUT).
+    go without a response before the batch fails with an XfrmError (ETIMEDOUT).
     """
 
     def __init__(self, rcvbuf: int = DEFAULT_RCVBUF, sndbuf: int = DEFAULT_SNDBUF,
@@ -49,23 +56,23 @@ class XfrmClient(XfrmApi):
     def execute(self, requests: Sequence[ops.Op]) -> list[Any]:
         encoded = [codec.encode_op(request) for request in requests]
         try:
-            answers = self._socket.transact(encoded)
+            responses = self._socket.transact(encoded)
         except NetlinkTimeout as error:
             raise XfrmError(f"batch of {len(requests)} XFRM requests", errno_codes.ETIMEDOUT,
                             message=str(error)) from error
         except OSError as error:
             raise XfrmError(f"batch of {len(requests)} XFRM requests", error.errno or 0) from error
-        return [self._result(request, answer) for request, answer in zip(requests, answers)]
+        return [self._result(request, response) for request, response in zip(requests, responses)]
 
     @staticmethod
-    def _result(request: ops.Op, answer: Any) -> Any:
-        if answer.errno:
-            return error_for(request.target, request.describe(), answer.errno, answer.detail)
+    def _result(request: ops.Op, response: Response) -> Any:
+        if response.errno:
+            return error_for(request.target, request.describe(), response.errno, response.detail)
         expected = codec.REPLY_DECODERS.get(type(request))
         if expected is None:
             return None
         reply_type, decode = expected
-        for msg_type, body in answer.replies:
+        for msg_type, body in response.replies:
             if msg_type == reply_type:
                 return decode(body)
         return XfrmError(request.describe(), errno_codes.EIO,
@@ -105,7 +112,7 @@ class XfrmClient(XfrmApi):
             return True
         if isinstance(result, XfrmError) and result.errno == errno_codes.ENOPROTOOPT:
             return False
-        log.warning("unexpected answer to the XFRM_MSG_MIGRATE probe (%s); "
+        log.warning("unexpected response to the XFRM_MSG_MIGRATE probe (%s); "
                     "moving SAs by REPLACE only", result)
         return False
 

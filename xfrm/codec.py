@@ -141,9 +141,9 @@ def _optional_address(raw: bytes, family: int) -> Address | None:
     return None if raw == _ZERO_ADDRESS or family == 0 else unpack_address(raw, family)
 
 
-def _require(data: bytes | memoryview, size: int, what: str) -> None:
+def _require(data: bytes | memoryview, size: int, struct_name: str) -> None:
     if len(data) < size:
-        raise DecodeError(f"{what} is {len(data)} bytes, expected at least {size}")
+        raise DecodeError(f"{struct_name} is {len(data)} bytes, expected at least {size}")
 
 
 def _name(raw: bytes) -> str:
@@ -507,7 +507,7 @@ def encode_set_replay(op: ops.SetReplayState) -> bytes:
 
 
 def decode_replay_info(payload: bytes | memoryview) -> ops.ReplayInfo:
-    """Decode the body of XFRM_MSG_NEWAE (the answer to GETAE)."""
+    """Decode the body of XFRM_MSG_NEWAE (the reply to GETAE)."""
     _require(payload, AEVENT_ID.size, "xfrm_aevent_id")
     attrs = parse_attrs(payload, AEVENT_ID.size)
     replay, esn_window = replay_from(attrs)
@@ -696,7 +696,7 @@ def encode_op(op: ops.Op) -> tuple[int, int, bytes]:
     """Return (message type, flags, body) of the request for ``op``.
 
     Requests that return data (get, allocate SPI, get replay state) are sent
-    without NLM_F_ACK: their answer is the data message or an error.
+    without NLM_F_ACK, because the kernel replies with the data or an error.
     """
     if isinstance(op, ops.AddSa):
         return (c.XFRM_MSG_UPDSA if op.update else c.XFRM_MSG_NEWSA), REQUEST_ACK, encode_sa(op.sa)

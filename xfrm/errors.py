@@ -1,8 +1,8 @@
 """Exceptions for failed XFRM requests, one per cause that a caller acts on.
 
-The kernel answers a failed request with a negative errno (and, from Linux
-4.12 on, sometimes a text). ``error_for`` turns that into one of the classes
-below; each message names the SA ("esp spi 0x00001000 192.0.2.1->198.51.100.1")
+The kernel replies to a failed request with a negative errno and, from Linux
+4.12 on, sometimes a text. ``error_for`` turns that into one of the classes
+below. Each message names the SA ("esp spi 0x00001000 192.0.2.1->198.51.100.1")
 or the policy ("policy 10.1.0.0/16->10.2.0.0/16 dir out") that failed.
 """
 
@@ -16,8 +16,8 @@ class XfrmError(Exception):
     """A request to the kernel's XFRM layer failed.
 
     ``errno`` is the kernel's error number (0 when the error was found
-    before anything was sent), ``request`` says what was asked ("add SA esp
-    spi 0x... a->b"), and ``detail`` is the kernel's extended-ack text, if any.
+    before anything was sent), ``request`` describes the request ("add SA
+    esp spi 0x... a->b"), and ``detail`` is the kernel's extended-ack text, if any.
     """
 
     def __init__(self, request: str, errno: int = 0, detail: str = "", message: str = "") -> None:
@@ -59,7 +59,7 @@ class NotSupported(XfrmError):
 class BulkError(XfrmError):
     """Some requests of a batch failed.
 
-    ``failures`` pairs each failed request with its error; ``results`` holds
+    ``failures`` pairs each failed request with its error; ``results`` contains
     the result of every request, in order, when the batch ran to its end.
     """
 
@@ -93,7 +93,7 @@ _BY_TARGET = {
 
 
 def error_for(target: str, request: str, errno: int, detail: str = "") -> XfrmError:
-    """Return the exception for a kernel ``errno`` answering ``request``.
+    """Return the exception for the kernel's ``errno`` in reply to ``request``.
 
     ``target`` is "sa" or "policy": what the request is about. The errno is
     positive (the kernel sends it negated).

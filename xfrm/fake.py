@@ -1,16 +1,17 @@
 """FakeXfrm: the XfrmApi on in-memory tables, for tests of code that uses xfrm.
 
-It follows the kernel's rules where a caller can observe them: SAs are
+It follows the kernel's rules where a caller can observe them. SAs are
 identified by (dst, spi, proto) and mark, policies by (selector, dir, mark,
-if_id); the same requests fail with the same exceptions; alloc_spi leaves a
-larval SA that only update_sa completes; MIGRATE moves SAs and templates
-the way net/xfrm/xfrm_policy.c does and cannot remove an encapsulation;
-changes are announced as events to the sources from ``events()``.
+if_id), and the same requests fail with the same exceptions. alloc_spi
+leaves a larval SA that only update_sa completes. MIGRATE moves SAs and
+templates the way net/xfrm/xfrm_policy.c does and cannot remove an
+encapsulation. Changes are announced as events to the sources from
+``events()``.
 
-What it does not model: traffic. ``count_traffic`` stands in for packets
-(it advances sequence numbers and counters), ``expire`` and ``acquire``
-stand in for the kernel's own notifications, and ``fail_next`` makes a
-request fail with a chosen errno.
+What it does not model is traffic. ``count_traffic`` simulates packets by
+advancing sequence numbers and counters. ``expire`` and ``acquire`` send
+the notifications that the kernel would, and ``fail_next`` makes a request
+fail with a chosen errno.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ KNOWN_ALGORITHMS: dict[str, tuple[int, ...] | None] = {
     "hmac(sha512)": None,
 }
 
-# Which multicast group carries each event type.
+# The multicast group of each event type.
 _EVENT_GROUPS = {
     ev.Acquire: c.XFRMNLGRP_ACQUIRE,
     ev.Expire: c.XFRMNLGRP_EXPIRE,
@@ -157,7 +158,7 @@ class _Failure:
 class FakeXfrm(XfrmApi):
     """In-memory XFRM tables behind the XfrmApi interface.
 
-    ``migrate_supported`` says whether MIGRATE works, as if the kernel had
+    ``migrate_supported`` sets whether MIGRATE works, as if the kernel had
     CONFIG_XFRM_MIGRATE. ``clock`` returns seconds since the epoch, used
     as the add time of new SAs.
     """
@@ -358,11 +359,12 @@ class FakeXfrm(XfrmApi):
     def _op_AllocSpi(self, request: ops.AllocSpi) -> SecurityAssociation:
         if request.low > request.high:
             raise self._error(request, errno_codes.EINVAL, "SPI range is empty")
-        taken = {e.sa.spi for e in self.sas if e.sa.dst == request.dst and e.sa.proto == request.proto}
+        used_spis = {e.sa.spi for e in self.sas
+                     if e.sa.dst == request.dst and e.sa.proto == request.proto}
         spi = request.low
-        while spi in taken and spi < request.high:
+        while spi in used_spis and spi < request.high:
             spi += 1
-        if spi in taken:
+        if spi in used_spis:
             raise self._error(request, errno_codes.ENOENT, "no free SPI in the range")
         larval = SecurityAssociation(request.src, request.dst, spi, request.proto, request.mode,
                                      request.reqid, replay_window=0, mark=request.mark,
@@ -485,10 +487,10 @@ class FakeXfrm(XfrmApi):
     def _migrate_policy(self, request: ops.Migrate) -> Policy | None:
         # As xfrm_migrate_policy_find: by selector, direction and if_id, not by mark;
         # the lowest priority value wins.
-        wanted = request.policy
+        requested = request.policy
         candidates = [p for p in self.policies.values()
-                      if p.dir == wanted.dir and p.selector == wanted.selector
-                      and (wanted.if_id == 0 or p.if_id == wanted.if_id)]
+                      if p.dir == requested.dir and p.selector == requested.selector
+                      and (requested.if_id == 0 or p.if_id == requested.if_id)]
         return min(candidates, key=lambda p: p.priority, default=None)
 
     def _migrate_state(self, item: Any, if_id: int) -> _Entry | None:

@@ -325,7 +325,7 @@ class ReplayState:
 
 @dataclass(frozen=True)
 class SaId:
-    """What identifies an SA in the kernel: destination, SPI, protocol, and mark.
+    """The identity of an SA in the kernel: destination, SPI, protocol, and mark.
 
     ``src`` is optional for lookups and is sent as XFRMA_SRCADDR when known.
     """
@@ -428,9 +428,9 @@ class SecurityAssociation:
 class Template:
     """One transform a policy requires (xfrm_user_tmpl).
 
-    For tunnel mode ``src`` and ``dst`` are the outer addresses; for
-    transport mode they may be None (any), and ``family`` then says which
-    family the template is for.
+    For tunnel mode ``src`` and ``dst`` are the outer addresses. For
+    transport mode they may be None (any), and then ``family`` gives the
+    template's address family.
     """
 
     src: Address | None = None
@@ -463,7 +463,7 @@ class Template:
         _check_u32("template reqid", self.reqid)
 
     def matches(self, sa: SecurityAssociation) -> bool:
-        """Whether this template refers to ``sa`` (addresses, protocol, mode, reqid)."""
+        """Return whether this template refers to ``sa`` (addresses, protocol, mode, reqid)."""
         return (self.proto == sa.proto and self.mode == sa.mode
                 and (self.reqid == 0 or self.reqid == sa.reqid)
                 and (self.src is None or self.src == sa.src)
@@ -472,7 +472,7 @@ class Template:
 
 @dataclass(frozen=True)
 class PolicyId:
-    """What identifies a policy in the kernel: selector, direction, mark and if_id.
+    """The identity of a policy in the kernel: selector, direction, mark and if_id.
 
     The kernel also finds a policy by ``index`` alone when it is not 0.
     """

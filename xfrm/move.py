@@ -10,8 +10,8 @@ without rekeying. The kernel offers two ways to do that to an SA:
 
 With MoveMethod.AUTO each move uses MIGRATE when the kernel offers it and
 the move allows it, REPLACE otherwise. Policies whose templates refer to a
-moved SA get the new template addresses (MIGRATE changes them in the
-kernel; both methods then send the final policy).
+moved SA get the new template addresses. MIGRATE changes them in the
+kernel, and both methods then send the final policy.
 
 Nothing leaves in clear during a move: every affected outbound policy is
 first switched to action BLOCK in place (XFRM_MSG_UPDPOLICY with the same
@@ -27,7 +27,7 @@ All moves of one call run as three batches, whatever their number:
 1. block the outbound policies; read the REPLACE SAs (GETSA, GETAE);
 2. REPLACE: add the new SAs (delete first when the SA id stays the same);
    MIGRATE: one message per policy and encapsulation, then GETSA of each
-   migrated SA, because the kernel also answers success for an SA it did
+   migrated SA, because the kernel also reports success for an SA it did
    not find;
 3. install the final policies; delete the replaced SAs; put back an SA
    whose replacement failed after its old copy was deleted.
@@ -121,7 +121,7 @@ class SaMove:
 class MoveResult:
     """Outcome of ``move_sas``: per move the SA and method; the affected policies as installed.
 
-    For a failed move ``sas`` holds the SA as it was, and ``failures`` the error.
+    For a failed move ``sas`` contains the SA as it was, and ``failures`` the error.
     """
 
     sas: tuple[SecurityAssociation, ...]
@@ -366,9 +366,10 @@ def move_sas(api: XfrmApi, moves: Sequence[SaMove],
     """Move every SA of ``moves`` with its policies to its new addresses, in three batches.
 
     Returns the MoveResult. Raises NotSupported (before any change) when
-    ``method`` is MIGRATE and a move needs REPLACE, MoveError when some moves
-    failed (the others are done), and XfrmError when a batch as a whole failed;
-    then the outbound policies may stay blocked until the caller retries.
+    ``method`` is MIGRATE and a move needs REPLACE, and MoveError when some
+    moves failed (the others are done). Raises XfrmError when a batch as a
+    whole failed, and then the outbound policies may stay blocked until the
+    caller retries.
     """
     if not moves:
         return MoveResult((), (), ())

@@ -29,19 +29,19 @@ SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 
 DEFAULT_RCVBUF = 32 << 20  # bytes; room for the acks of a full window and for event bursts
 DEFAULT_SNDBUF = 4 << 20
-DEFAULT_TIMEOUT = 30.0  # seconds without any answer before a request counts as lost
+DEFAULT_TIMEOUT = 30.0  # seconds without any response before a request counts as lost
 CHUNK_BYTES = 64 << 10  # most request bytes per sendmsg
 # The kernel charges each queued ack with the size of its buffer (about
 # 1-4 KiB), so the window follows the receive buffer actually granted.
-BYTES_PER_ANSWER = 8 << 10
+BYTES_PER_RESPONSE = 8 << 10
 MAX_WINDOW = 1024
 DUMP_ATTEMPTS = 5
 RECV_BUFFER = 1 << 20
 
 
 @dataclass
-class Answer:
-    """What the kernel sent back for one request: an errno (0 for success) and data messages."""
+class Response:
+    """The kernel's response to one request: an errno (0 for success) and data messages."""
 
     errno: int = 0
     detail: str = ""
@@ -50,7 +50,7 @@ class Answer:
 
 
 class NetlinkTimeout(OSError):
-    """The kernel did not answer within the time limit."""
+    """The kernel did not respond within the time limit."""
 
 
 class NetlinkSocket:
@@ -70,7 +70,7 @@ class NetlinkSocket:
         else:
             self.sock = _open(groups, rcvbuf, sndbuf)
         granted = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-        self.window = max(16, min(MAX_WINDOW, granted // BYTES_PER_ANSWER))
+        self.window = max(16, min(MAX_WINDOW, granted // BYTES_PER_RESPONSE))
         self._seq = itertools.count(int.from_bytes(os.urandom(3), "big") + 1)
         self._buffer = bytearray(RECV_BUFFER)
 
@@ -104,15 +104,15 @@ class NetlinkSocket:
 
     # --- requests ------------------------------------------------------------
 
-    def transact(self, requests: Sequence[tuple[int, int, bytes]]) -> list[Answer]:
-        """Send ``requests`` (type, flags, body) as one batch and return their answers, in order.
+    def transact(self, requests: Sequence[tuple[int, int, bytes]]) -> list[Response]:
+        """Send ``requests`` (type, flags, body) as one batch and return the responses, in order.
 
-        A request with NLM_F_ACK is answered by its ack; one without it by
-        its first data message or an error. Raises NetlinkTimeout when no
-        answer arrives for ``timeout`` seconds, and OSError(ENOBUFS) if the
-        kernel dropped answers.
+        The response to a request with NLM_F_ACK is its ack; to one without
+        it, its first data message or an error. Raises NetlinkTimeout when no
+        response arrives for ``timeout`` seconds, and OSError(ENOBUFS) if the
+        kernel dropped responses.
         """
-        answers = [Answer() for _ in requests]
+        responses = [Response() for _ in requests]
         pending: dict[int, int] = {}  # seq -> index of the request
         next_index = 0
         while next_index < len(requests) or pending:
@@ -120,8 +120,8 @@ class NetlinkSocket:
             # Refill the window at half, so that sending and the kernel's
             # work overlap; wait for everything once all is sent.
             low_water = self.window // 2 if next_index < len(requests) else 0
-            self._collect(requests, answers, pending, low_water)
-        return answers
+            self._collect(requests, responses, pending, low_water)
+        return responses
 
     def _send_some(self, requests: Sequence[tuple[int, int, bytes]], index: int,
                    pending: dict[int, int]) -> int:
@@ -139,29 +139,29 @@ class NetlinkSocket:
             self.sock.send(b"".join(chunk))
         return index
 
-    def _collect(self, requests: Sequence[tuple[int, int, bytes]], answers: list[Answer],
+    def _collect(self, requests: Sequence[tuple[int, int, bytes]], responses: list[Response],
                  pending: dict[int, int], low_water: int) -> None:
-        """Read answers until at most ``low_water`` requests are unanswered."""
+        """Read responses until at most ``low_water`` requests are unanswered."""
         deadline = time.monotonic() + self.timeout
         while len(pending) > low_water:
             messages = self.receive(deadline - time.monotonic())
             if not messages:
                 raise NetlinkTimeout(errno_codes.ETIMEDOUT,
-                                     f"no answer from the kernel within {self.timeout} s "
+                                     f"no response from the kernel within {self.timeout} s "
                                      f"({len(pending)} requests unanswered)")
             for msg_type, flags, seq, body in messages:
                 index = pending.get(seq)
                 if index is None:
-                    continue  # a late answer to an abandoned request
-                answer = answers[index]
+                    continue  # a late response to an abandoned request
+                response = responses[index]
                 if msg_type == c.NLMSG_ERROR:
-                    answer.errno, answer.detail = parse_error(flags, body)
-                    answer.done = True
+                    response.errno, response.detail = parse_error(flags, body)
+                    response.done = True
                 elif msg_type >= c.XFRM_MSG_NEWSA:
-                    answer.replies.append((msg_type, bytes(body)))
+                    response.replies.append((msg_type, bytes(body)))
                     if not requests[index][1] & c.NLM_F_ACK:
-                        answer.done = True
-                if answer.done:
+                        response.done = True
+                if response.done:
                     del pending[seq]
             deadline = time.monotonic() + self.timeout
 
@@ -170,7 +170,7 @@ class NetlinkSocket:
 
         A dump that the kernel marks as interrupted (NLM_F_DUMP_INTR: the
         table changed while it was read) is run again, up to DUMP_ATTEMPTS
-        times in all. Raises OSError for an error answer or when every
+        times in all. Raises OSError for an error response or when every
         attempt was interrupted.
         """
         for attempt in range(1, DUMP_ATTEMPTS + 1):
@@ -191,7 +191,7 @@ class NetlinkSocket:
             messages = self.receive(self.timeout)
             if not messages:
                 raise NetlinkTimeout(errno_codes.ETIMEDOUT,
-                                     f"dump of message type {msg_type:#x}: no answer within "
+                                     f"dump of message type {msg_type:#x}: no response within "
                                      f"{self.timeout} s")
             for kind, flags, msg_seq, payload in messages:
                 if msg_seq != seq:

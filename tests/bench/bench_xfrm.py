@@ -53,7 +53,7 @@ LOCAL = IPv4Address("192.0.2.1")
 REMOTE = IPv4Address("198.51.100.1")
 NEW_LOCAL = IPv4Address("203.0.113.1")
 REMOTE_LAN = IPv4Network("172.16.0.0/16")  # selectors only: no packet uses these addresses
-CLIENT_TIMEOUT = 600.0  # seconds without an answer; the kernel is slow under QEMU TCG
+CLIENT_TIMEOUT = 600.0  # seconds without a response; the kernel is slow under QEMU TCG
 IP_TIMEOUT = 3600.0
 
 
@@ -184,7 +184,7 @@ def time_xfrm_move(client: XfrmClient, pairs: list[Pair], new_local: IPv4Address
 
 
 def check_installed(client: XfrmClient, pairs: int, local: IPv4Address) -> None:
-    """Raise RuntimeError unless the kernel holds ``pairs`` pairs at ``local``."""
+    """Raise RuntimeError unless the kernel contains ``pairs`` pairs at ``local``."""
     sas = client.dump_sas()
     policies = client.dump_policies()
     at_local = sum(1 for sa in sas if local in (sa.src, sa.dst))

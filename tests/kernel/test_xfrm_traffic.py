@@ -46,7 +46,7 @@ REQID = 1
 NATT_PORT = 4500
 UDP_ENCAP = 100  # linux/udp.h: the socket option that turns on ESP-in-UDP reception
 UDP_ENCAP_ESPINUDP = 2
-CLIENT_TIMEOUT = 120.0  # seconds; netlink answers are slow under QEMU TCG
+CLIENT_TIMEOUT = 120.0  # seconds; netlink responses are slow under QEMU TCG
 # Long enough for both probes to start, the move to run and traffic to follow
 # it, each of which takes seconds under QEMU TCG.
 MOVE_PROBE_SECONDS = 20.0

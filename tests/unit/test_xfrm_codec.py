@@ -304,7 +304,7 @@ def test_migrate_rejects_seven_entries() -> None:
         codec.encode_op(request)
 
 
-@pytest.mark.parametrize("request_, expected", [
+@pytest.mark.parametrize("built, expected", [
     (ops.GetSa(SaId("192.0.2.1", 1)), (c.XFRM_MSG_GETSA, c.NLM_F_REQUEST)),
     (ops.AllocSpi(ip_address("192.0.2.1"), ip_address("192.0.2.2")),
      (c.XFRM_MSG_ALLOCSPI, c.NLM_F_REQUEST)),
@@ -314,8 +314,8 @@ def test_migrate_rejects_seven_entries() -> None:
     (ops.AddSa(full_sa(), update=True), (c.XFRM_MSG_UPDSA, c.NLM_F_REQUEST | c.NLM_F_ACK)),
     (ops.FlushSas(), (c.XFRM_MSG_FLUSHSA, c.NLM_F_REQUEST | c.NLM_F_ACK)),
 ])
-def test_request_type_and_flags(request_: ops.Op, expected: tuple[int, int]) -> None:
-    msg_type, flags, _ = codec.encode_op(request_)
+def test_request_type_and_flags(built: ops.Op, expected: tuple[int, int]) -> None:
+    msg_type, flags, _ = codec.encode_op(built)
 
     assert (msg_type, flags) == expected
 

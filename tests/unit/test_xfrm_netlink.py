@@ -1,9 +1,9 @@
 """The batch and dump logic of xfrm.netlink, against a stand-in kernel on a socketpair.
 
-The stand-in reads each datagram, splits it into netlink messages and answers
-every message separately, as the kernel does: an ack (NLMSG_ERROR) for
+The stand-in reads each datagram, splits it into netlink messages and responds
+to every message separately, as the kernel does: an ack (NLMSG_ERROR) for
 requests with NLM_F_ACK, a data message for the others, an error where the
-test says so.
+test requests one.
 """
 
 from __future__ import annotations
@@ -19,10 +19,7 @@ import pytest
 
 from xfrm import codec
 from xfrm import constants as c
-from xfrm.netlink import Answer, NetlinkSocket, NetlinkTimeout, parse_error, split_messages
-
-Reply = list[tuple[int, int, bytes]]  # (type, flags, body) answers for one request
-
+from xfrm.netlink import NetlinkSocket, Response, NetlinkTimeout, parse_error, split_messages
 
 def ack(seq: int, number: int = 0, text: str = "") -> bytes:
     """Return an NLMSG_ERROR message (capped, with an extended-ack text if given)."""
@@ -35,14 +32,14 @@ def ack(seq: int, number: int = 0, text: str = "") -> bytes:
 
 
 class StandInKernel:
-    """Answers requests on one end of a socketpair from a thread, one datagram per answer."""
+    """Responds to requests on one end of a socketpair from a thread, one datagram per message."""
 
-    def __init__(self, answer: Callable[[int, int, int, bytes], list[bytes]]) -> None:
+    def __init__(self, respond: Callable[[int, int, int, bytes], list[bytes]]) -> None:
         self.kernel_end, self.user_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.answer = answer
+        self.respond = respond
         self.requests: list[tuple[int, int, int, bytes]] = []
         self.datagrams = 0
-        self.unanswered_peak = 0  # the most requests received but not yet answered at once
+        self.unanswered_peak = 0  # maximum of requests received but without a response yet
         self.stopped = False
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
@@ -66,7 +63,7 @@ class StandInKernel:
             for msg_type, flags, seq, body in messages:
                 request = (msg_type, flags, seq, bytes(body))
                 self.requests.append(request)
-                for message in self.answer(*request):
+                for message in self.respond(*request):
                     self.kernel_end.send(message)
 
     def close(self) -> None:
@@ -80,8 +77,8 @@ class StandInKernel:
 def make_kernel():
     kernels: list[StandInKernel] = []
 
-    def _make(answer) -> tuple[StandInKernel, NetlinkSocket]:
-        kernel = StandInKernel(answer)
+    def _make(respond) -> tuple[StandInKernel, NetlinkSocket]:
+        kernel = StandInKernel(respond)
         kernels.append(kernel)
         return kernel, NetlinkSocket(sock=kernel.user_end, timeout=5.0)
 
@@ -102,15 +99,15 @@ def test_batch_maps_each_error_to_its_request(make_kernel) -> None:
     requests = [(c.XFRM_MSG_NEWPOLICY, c.NLM_F_REQUEST | c.NLM_F_ACK, struct.pack("=I", n))
                 for n in range(3000)]
 
-    answers = sock.transact(requests)
+    responses = sock.transact(requests)
 
-    assert len(answers) == 3000
-    for number, answer in enumerate(answers):
+    assert len(responses) == 3000
+    for number, response in enumerate(responses):
         if number % 3 == 2:
-            assert answer.errno == errno.EEXIST, number
-            assert answer.detail == f"request {number} exists"
+            assert response.errno == errno.EEXIST, number
+            assert response.detail == f"request {number} exists"
         else:
-            assert answer.errno == 0, number
+            assert response.errno == 0, number
     assert len(kernel.requests) == 3000
 
 
@@ -128,35 +125,35 @@ def test_batch_keeps_window_of_unanswered_requests(make_kernel) -> None:
     kernel, sock = make_kernel(lambda t, f, seq, b: [ack(seq)])
     sock.window = 32
 
-    answers = sock.transact([(c.XFRM_MSG_DELSA, c.NLM_F_REQUEST | c.NLM_F_ACK, bytes(24))] * 200)
+    responses = sock.transact([(c.XFRM_MSG_DELSA, c.NLM_F_REQUEST | c.NLM_F_ACK, bytes(24))] * 200)
 
     assert kernel.unanswered_peak == 32
-    assert all(answer.done for answer in answers)
+    assert all(response.done for response in responses)
 
 
 def test_request_without_ack_is_answered_by_data(make_kernel) -> None:
-    def answer(msg_type: int, flags: int, seq: int, body: bytes) -> list[bytes]:
+    def respond(msg_type: int, flags: int, seq: int, body: bytes) -> list[bytes]:
         if flags & c.NLM_F_ACK:
             return [ack(seq)]
         if body == b"gone":
             return [ack(seq, errno.ESRCH)]
         return [codec.message(c.XFRM_MSG_NEWSA, 0, seq, b"data" + body)]
 
-    _, sock = make_kernel(answer)
+    _, sock = make_kernel(respond)
 
-    answers = sock.transact([
+    responses = sock.transact([
         (c.XFRM_MSG_GETSA, c.NLM_F_REQUEST, b"1234"),
         (c.XFRM_MSG_GETSA, c.NLM_F_REQUEST, b"gone"),
         (c.XFRM_MSG_DELSA, c.NLM_F_REQUEST | c.NLM_F_ACK, b"5678"),
     ])
 
-    assert answers[0] == Answer(0, "", [(c.XFRM_MSG_NEWSA, b"data1234")], True)
-    assert answers[1].errno == errno.ESRCH
-    assert answers[1].replies == []
-    assert answers[2] == Answer(0, "", [], True)
+    assert responses[0] == Response(0, "", [(c.XFRM_MSG_NEWSA, b"data1234")], True)
+    assert responses[1].errno == errno.ESRCH
+    assert responses[1].replies == []
+    assert responses[2] == Response(0, "", [], True)
 
 
-def test_batch_times_out_without_answers(make_kernel) -> None:
+def test_batch_times_out_without_responses(make_kernel) -> None:
     _, sock = make_kernel(lambda *request: [])
     sock.timeout = 0.3
 
@@ -164,10 +161,10 @@ def test_batch_times_out_without_answers(make_kernel) -> None:
         sock.transact([(c.XFRM_MSG_DELSA, c.NLM_F_REQUEST | c.NLM_F_ACK, bytes(24))])
 
 
-def dump_answers(interrupted_first: int) -> Callable[[int, int, int, bytes], list[bytes]]:
+def dump_responses(interrupted_first: int) -> Callable[[int, int, int, bytes], list[bytes]]:
     attempts = []
 
-    def answer(msg_type: int, flags: int, seq: int, body: bytes) -> list[bytes]:
+    def respond(msg_type: int, flags: int, seq: int, body: bytes) -> list[bytes]:
         attempts.append(seq)
         extra = c.NLM_F_DUMP_INTR if len(attempts) <= interrupted_first else 0
         entries = [codec.message(c.XFRM_MSG_NEWPOLICY, c.NLM_F_MULTI | extra, seq, bytes([n]) * 4)
@@ -175,11 +172,11 @@ def dump_answers(interrupted_first: int) -> Callable[[int, int, int, bytes], lis
         done = codec.message(c.NLMSG_DONE, c.NLM_F_MULTI | extra, seq, bytes(4))
         return [b"".join(entries[:2]), entries[2] + done]
 
-    return answer
+    return respond
 
 
 def test_dump_collects_until_done(make_kernel) -> None:
-    _, sock = make_kernel(dump_answers(interrupted_first=0))
+    _, sock = make_kernel(dump_responses(interrupted_first=0))
 
     entries = sock.dump(c.XFRM_MSG_GETPOLICY)
 
@@ -187,7 +184,7 @@ def test_dump_collects_until_done(make_kernel) -> None:
 
 
 def test_interrupted_dump_is_repeated(make_kernel) -> None:
-    kernel, sock = make_kernel(dump_answers(interrupted_first=2))
+    kernel, sock = make_kernel(dump_responses(interrupted_first=2))
 
     entries = sock.dump(c.XFRM_MSG_GETPOLICY)
 
@@ -197,7 +194,7 @@ def test_interrupted_dump_is_repeated(make_kernel) -> None:
 
 
 def test_dump_interrupted_every_time_fails(make_kernel) -> None:
-    _, sock = make_kernel(dump_answers(interrupted_first=100))
+    _, sock = make_kernel(dump_responses(interrupted_first=100))
 
     with pytest.raises(OSError, match="interrupted 5 times"):
         sock.dump(c.XFRM_MSG_GETPOLICY)
