@@ -43,6 +43,8 @@ class XfrmClient(XfrmApi):
 
     Needs CAP_NET_ADMIN. ``timeout`` is how long, in seconds, a request may
     go without a response before the batch fails with an XfrmError (ETIMEDOUT).
+    Calls block until the kernel has responded, and one client serves one
+    thread at a time.
     """
 
     def __init__(self, rcvbuf: int = DEFAULT_RCVBUF, sndbuf: int = DEFAULT_SNDBUF,

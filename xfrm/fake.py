@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from xfrm import codec
 from xfrm import constants as c
 from xfrm import events as ev
 from xfrm import ops
@@ -177,8 +178,9 @@ class FakeXfrm(XfrmApi):
 
     def execute(self, requests: Sequence[ops.Op]) -> list[Any]:
         for request in requests:
-            if not isinstance(request, ops.OP_TYPES):
-                raise TypeError(f"not an XFRM request: {request!r}")
+            # Raise the ValueError or TypeError that XfrmClient would raise
+            # before sending anything.
+            codec.encode_op(request)
         results = []
         for request in requests:
             self.requests.append(request)

@@ -514,3 +514,13 @@ def test_failed_migrate_leaves_others_moved(fake: FakeXfrm) -> None:
     assert str(installed[Direction.OUT].templates[0].src) == LOCAL
     assert installed[Direction.OUT].action == Action.ALLOW
     assert str(installed[Direction.IN].templates[0].dst) == NEW_LOCAL
+
+
+def test_request_that_cannot_be_encoded_runs_nothing(fake: FakeXfrm) -> None:
+    out_sa, _, _ = make_pair()
+    bad = out_sa.replace(spi=7, replay_window=64, replay=ReplayState(bitmap=(1, 2, 3)))
+
+    with pytest.raises(ValueError, match="needs 2"):
+        fake.execute([ops.AddSa(out_sa), ops.AddSa(bad)])
+
+    assert fake.dump_sas() == []
