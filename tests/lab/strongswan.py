@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import socket
 import subprocess
@@ -98,13 +99,24 @@ class Charon:
     def log_path(self) -> Path:
         return self.workdir / "charon.log"
 
-    def start(self, swanctl_conf: str, timeout: float = START_TIMEOUT) -> None:
-        """Start charon and load ``swanctl_conf`` (the text of a swanctl.conf)."""
+    def start(self, swanctl_conf: str, timeout: float = START_TIMEOUT,
+              files: Mapping[str, bytes] | None = None) -> None:
+        """Start charon and load ``swanctl_conf`` (the text of a swanctl.conf).
+
+        ``files`` maps paths relative to the work directory, which is also swanctl's
+        directory, to their contents: certificates in x509/ and x509ca/, private keys in
+        private/, where ``swanctl --load-all`` finds them.
+        """
         shutil.rmtree(self.workdir, ignore_errors=True)
         self.workdir.mkdir(parents=True)
         conf = self.workdir / "strongswan.conf"
         conf.write_text(_STRONGSWAN_CONF.format(workdir=self.workdir, extra=self.charon_options))
         (self.workdir / "swanctl.conf").write_text(swanctl_conf)
+        for relative, content in (files or {}).items():
+            path = self.workdir / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+            path.chmod(0o600)
 
         script = f"mount -t tmpfs none /run && exec {CHARON}"
         self.process = self.namespace.popen(
@@ -141,7 +153,10 @@ class Charon:
     def swanctl(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         """Run swanctl against this charon; raises CharonError when it fails."""
         argv = ["swanctl", *args, "--uri", f"unix://{self.vici_path}"]
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        # SWANCTL_DIR points swanctl's credential directories (x509/, private/, ...) at the
+        # work directory instead of /etc/swanctl.
+        env = dict(os.environ, SWANCTL_DIR=str(self.workdir))
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
         if result.returncode != 0:
             raise CharonError(f"{' '.join(argv)} failed with status {result.returncode}:\n"
                               f"{result.stdout}{result.stderr}")
@@ -169,11 +184,18 @@ class Charon:
         self.swanctl(*args)
 
     def list_sas(self) -> dict[str, dict]:
-        """Return the IKE SAs as {connection name: vici fields}, values as str/list/dict."""
-        result: dict[str, dict] = {}
-        for entry in self.session().list_sas():
-            result.update(_decode(entry))
-        return result
+        """Return the IKE SAs as {connection name: vici fields}, values as str/list/dict.
+
+        Of several IKE SAs of one connection (during an IKE SA rekey) only the last listed
+        is kept; list_ike_sas() returns all of them.
+        """
+        return dict(self.list_ike_sas())
+
+    def list_ike_sas(self) -> list[tuple[str, dict]]:
+        """Return every IKE SA as (connection name, vici fields), in charon's order."""
+        # vici's list-sas streams one {name: fields} event per IKE SA.
+        return [(name, fields) for entry in self.session().list_sas()
+                for name, fields in _decode(entry).items()]
 
     def log_text(self) -> str:
         """Return charon's log so far (empty if it wrote none)."""
