@@ -1,8 +1,8 @@
 """CHILD_SA state and the negotiation steps shared by IKE_AUTH and CREATE_CHILD_SA.
 
-The initiator offers ESP proposals, traffic selectors and a mode (`offer_payloads`); the
-responder picks a config, a proposal and narrowed selectors (`accept_offer`); the initiator
-checks the answer (`check_answer`). Both then derive the keys (RFC 7296 §2.17) and build a
+The initiator offers ESP proposals, traffic selectors and a mode (`offer_payloads`). The
+responder picks a config, a proposal and narrowed selectors (`accept_offer`), and the initiator
+checks the response (`check_response`). Both then derive the keys (RFC 7296 §2.17) and build a
 `ChildSa` plus the `ChildSaInfo` the kernel needs (`establish`).
 
 A `ChildSa` keeps no keys: they go out once in the event and are forgotten.
@@ -121,15 +121,15 @@ def select_with_ke(offered: Sequence[Proposal], configured: Sequence[Sequence[Tr
     return chosen
 
 
-def check_selected(answer: SecurityAssociation, configured: Sequence[Sequence[Transform]], protocol: ProtocolId) -> Proposal:
+def check_selected(selected: SecurityAssociation, configured: Sequence[Sequence[Transform]], protocol: ProtocolId) -> Proposal:
     """Check the responder's single selected proposal against what we offered (initiator side).
 
-    RFC 7296 §2.7: the answer repeats the number of the accepted proposal and holds exactly one
-    of each transform type that proposal offered, each one of those offered.
+    RFC 7296 §2.7: the response repeats the number of the accepted proposal and contains exactly
+    one of each transform type that proposal offered, each one of those offered.
     """
-    if len(answer.proposals) != 1:
-        raise InvalidSyntax(f"responder returned {len(answer.proposals)} proposals, expected 1")
-    returned = answer.proposals[0]
+    if len(selected.proposals) != 1:
+        raise InvalidSyntax(f"response carries {len(selected.proposals)} proposals, expected 1")
+    returned = selected.proposals[0]
     if returned.protocol != protocol:
         raise InvalidSyntax(f"responder selected protocol {returned.protocol!r}, expected {protocol.name}")
     if not 1 <= returned.number <= len(configured):
@@ -165,7 +165,7 @@ def offer_payloads(config: ChildConfig, spi_in: int, transforms: Sequence[Sequen
 
 @dataclass(frozen=True, slots=True)
 class Agreement:
-    """What both sides agreed on for one CHILD_SA, from this side's point of view."""
+    """Agreed parameters of one CHILD_SA, from this side's point of view."""
 
     config: ChildConfig
     proposal: Proposal  # the selected proposal; its SPI is the peer's (our outbound) SPI
@@ -174,7 +174,7 @@ class Agreement:
     mode: Mode
 
 
-def check_answer(message: "Message", config: ChildConfig, transforms: Sequence[Sequence[Transform]], *,
+def check_response(message: "Message", config: ChildConfig, transforms: Sequence[Sequence[Transform]], *,
                  proposed: tuple | None = None, requested_mode: Mode | None = None) -> Agreement:
     """Check the responder's SA, TSi, TSr and mode against our offer (RFC 7296 §2.9).
 
@@ -187,7 +187,7 @@ def check_answer(message: "Message", config: ChildConfig, transforms: Sequence[S
     tsi = message.get(PayloadType.TSi)
     tsr = message.get(PayloadType.TSr)
     if sa_payload is None or tsi is None or tsr is None:
-        raise InvalidSyntax("CHILD_SA answer lacks SA, TSi or TSr")
+        raise InvalidSyntax("CHILD_SA response lacks SA, TSi or TSr")
     proposal = check_selected(sa_payload, transforms, ProtocolId.ESP)
     spi_from_bytes(proposal.spi)
     if not within(tsi.selectors, local_ts) or not within(tsr.selectors, remote_ts):
@@ -250,7 +250,7 @@ def _match_selectors(candidates: Sequence[ChildConfig], tsi: Sequence[TrafficSel
     raise TsUnacceptable("no CHILD_SA config matches the proposed traffic selectors")
 
 
-def answer_payloads(agreement: Agreement, spi_in: int, ke: KeyExchange | None) -> list:
+def response_payloads(agreement: Agreement, spi_in: int, ke: KeyExchange | None) -> list:
     """Build the responder's SA, [KEr,] TSi, TSr and mode notify (Nr is added by the caller)."""
     proposal = agreement.proposal
     selected = Proposal(proposal.number, ProtocolId.ESP, spi_bytes(spi_in), proposal.transforms)

@@ -40,9 +40,9 @@ class Identity:
     def from_string(cls, text: str) -> "Identity":
         """Parse an identity the way strongSwan writes it.
 
-        An IP address gives ID_IPV4_ADDR/ID_IPV6_ADDR; "user@example.org" gives ID_RFC822_ADDR;
-        "@example.org" or a bare name gives ID_FQDN; "@#0a1b" gives ID_KEY_ID from hex; a
-        string with "=" gives ID_DER_ASN1_DN ("C=CH, O=Example, CN=gw").
+        An IP address gives ID_IPV4_ADDR or ID_IPV6_ADDR, and "user@example.org" gives
+        ID_RFC822_ADDR. "@example.org" or a bare name gives ID_FQDN, "@#0a1b" gives ID_KEY_ID
+        from hex, and a string with "=" gives ID_DER_ASN1_DN ("C=CH, O=Example, CN=gw").
         """
         text = text.strip()
         if not text:
@@ -77,7 +77,7 @@ class Identity:
 
 
 class AuthKind(enum.Enum):
-    """How one side authenticates: a pre-shared key or a certificate's private key."""
+    """Authentication method of one side: a pre-shared key or a certificate's private key."""
 
     PSK = "psk"
     PUBKEY = "pubkey"
@@ -96,7 +96,7 @@ def _check_positive(name: str, value: float | None) -> None:
 class ChildConfig:
     """One CHILD_SA: traffic selectors from this side's view, ESP proposals, mode, lifetimes.
 
-    An ESP proposal with a key exchange method ("aes256gcm16-x25519") asks for PFS when the
+    An ESP proposal with a key exchange method ("aes256gcm16-x25519") requests PFS when the
     CHILD_SA is created or rekeyed by CREATE_CHILD_SA; IKE_AUTH never carries KE payloads, so
     the first CHILD_SA is keyed from the IKE SA alone (RFC 7296 §1.2).
     `rekey_time` (seconds) makes the core rekey the CHILD_SA itself; None leaves rekeying to
@@ -157,9 +157,10 @@ class IkeConfig:
     """One IKE connection: identities, authentication, proposals and protocol settings.
 
     As responder, a config applies to an IKE_SA_INIT when `local_addrs` and `remote_addrs`
-    (addresses or prefixes; empty matches any) contain the addresses of the request, and to the
-    IKE_AUTH when the peer's IDi equals `remote_id` (any IDi when `remote_id` is None, which is
-    allowed with certificate authentication only).
+    contain the addresses of the request. They list addresses or prefixes, and an empty tuple
+    matches any address. The config then applies to the IKE_AUTH when the peer's IDi equals
+    `remote_id`, or when the peer's certificate proves `remote_id`. A `remote_id` of None accepts
+    any IDi, which is allowed with certificate authentication only.
 
     `fragment_size` is the largest IKE message (UDP payload, without the non-ESP marker) sent
     unfragmented once both sides announced IKEV2_FRAGMENTATION_SUPPORTED (RFC 7383).
@@ -254,11 +255,11 @@ class IkeConfig:
         )
 
     def matches_addresses(self, local_host: str, remote_host: str) -> bool:
-        """Tell whether this config may answer an IKE_SA_INIT between these addresses."""
+        """Tell whether this config may respond to an IKE_SA_INIT between these addresses."""
         return _address_in(local_host, self.local_networks) and _address_in(remote_host, self.remote_networks)
 
     def is_local_identity(self, identity: Identity) -> bool:
-        """Tell whether an IDr the peer asks for names this side: our ID or one our certificate proves."""
+        """Tell whether an IDr requested by the peer names this side: our ID or one our certificate proves."""
         if identity == self.local_id:
             return True
         return self.auth == AuthKind.PUBKEY and identity_matches(self.certificate, identity.id_type, identity.data)

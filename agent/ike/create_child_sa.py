@@ -11,8 +11,8 @@ IKE SA rekey (§1.3.2), the SA payloads carry the new IKE SPIs:
                                  <--  HDR, SK {SA, Nr, KEr}
 
 After a rekey the initiator deletes the old SA. When both sides rekey the same SA at once, both
-exchanges complete; the SA created with the lowest of the four nonces is redundant and is deleted
-by whoever created it, and the creator of the surviving SA deletes the old one (RFC 7296 §2.8.1
+exchanges complete. The SA created with the lowest of the four nonces is redundant, and the side
+that created it deletes it. The creator of the surviving SA deletes the old one (RFC 7296 §2.8.1
 for CHILD_SAs, §2.8.2 for the IKE SA). Nonces compare octet by octet, a shorter prefix being
 lower, which is Python's bytes order.
 """
@@ -26,8 +26,8 @@ from .child import (
     ChildSa,
     ChildSaState,
     accept_offer,
-    answer_payloads,
-    check_answer,
+    response_payloads,
+    check_response,
     check_selected,
     establish,
     select_with_ke,
@@ -121,7 +121,7 @@ class CreateChildInitiator(Initiator):
     exchange_type = ExchangeType.CREATE_CHILD_SA
     kind = "child-create"
     movable = True
-    __slots__ = ("config", "spi_in", "nonce", "dh", "group", "retries", "answered")
+    __slots__ = ("config", "spi_in", "nonce", "dh", "group", "retries",  "responded")
 
     def __init__(self, sa: "IkeSa", config: ChildConfig):
         super().__init__(sa)
@@ -131,7 +131,7 @@ class CreateChildInitiator(Initiator):
         self.dh = None
         self.group = config.pfs_group
         self.retries = 0
-        self.answered = False
+        self.responded = False
 
     def describe(self) -> str:
         return f"CREATE_CHILD_SA for {self.config.name}"
@@ -157,8 +157,8 @@ class CreateChildInitiator(Initiator):
         if _retry_group(self, message, _all_groups(self.config)):
             return False
         raise_peer_errors(message)
-        self.answered = True
-        agreement = check_answer(message, self.config, self.config.esp_transforms)
+        self.responded = True
+        agreement = check_response(message, self.config, self.config.esp_transforms)
         shared = _shared_secret(self.dh, message, agreement.proposal)
         child, info = establish(sa, agreement, self.spi_in, spi_from_bytes(agreement.proposal.spi), initiator=True,
                                 ni=self.nonce, nr=message.get(PayloadType.NONCE).data, shared_secret=shared)
@@ -175,7 +175,7 @@ class CreateChildInitiator(Initiator):
             sa.defer(CreateChildInitiator(sa, self.config), now)
             return
         sa.endpoint.emit(ChildSaFailed(sa.unique_id, self.config.name, str(error), error.notify_type))
-        if self.answered and not error.from_peer:
+        if self.responded and not error.from_peer:
             # The responder created the CHILD_SA that this side rejects: delete it again.
             from .informational import DeleteChildInitiator
 
@@ -198,7 +198,7 @@ class CreateChildResponder(Responder):
         spi_in = sa.endpoint.allocate_spi(sa.local[0], sa.remote[0])
         self.result = establish(sa, agreement, spi_in, spi_from_bytes(chosen.spi), initiator=False,
                                 ni=message.get(PayloadType.NONCE).data, nr=nonce_r, shared_secret=shared)
-        return _with_nonce_and_ke(answer_payloads(agreement, spi_in, None), nonce_r, ke)
+        return _with_nonce_and_ke(response_payloads(agreement, spi_in, None), nonce_r, ke)
 
     def response_sent(self, now: float) -> None:
         sa = self.sa
@@ -268,7 +268,7 @@ class ChildRekeyInitiator(Initiator):
             return False
         raise_peer_errors(message)
         # RFC 7296 §2.8: the rekey proposes the old CHILD_SA's (already narrowed) selectors.
-        agreement = check_answer(message, old.config, old.config.esp_transforms, proposed=(old.local_ts, old.remote_ts),
+        agreement = check_response(message, old.config, old.config.esp_transforms, proposed=(old.local_ts, old.remote_ts),
                                  requested_mode=old.mode)
         shared = _shared_secret(self.dh, message, agreement.proposal)
         nonce_r = message.get(PayloadType.NONCE).data
@@ -318,7 +318,7 @@ class ChildRekeyInitiator(Initiator):
             sa.defer(ChildRekeyInitiator(sa, old), now)
         elif isinstance(error, ChildSaNotFound):
             # RFC 7296 §2.25.1: the peer has no such CHILD_SA (any more). Deleting it also covers
-            # the race in which the peer has not yet seen the answer that created it.
+            # the race in which the peer has not yet seen the response that created it.
             from .informational import DeleteChildInitiator
 
             _log(sa, logging.WARNING, "peer does not know CHILD_SA %s %08x_i, deleting it", old.name, old.spi_in)
@@ -356,7 +356,7 @@ class ChildRekeyResponder(Responder):
             old.state = ChildSaState.REKEYED  # the peer, as rekey initiator, deletes the old one
         self.old = old
         self.result = (new, info)
-        return _with_nonce_and_ke(answer_payloads(agreement, spi_in, None), nonce_r, ke)
+        return _with_nonce_and_ke(response_payloads(agreement, spi_in, None), nonce_r, ke)
 
     def response_sent(self, now: float) -> None:
         sa = self.sa

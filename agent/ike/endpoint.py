@@ -13,7 +13,7 @@ Driving it (aioquic style, no I/O inside):
 carry the non-ESP marker (RFC 3948 §2.2): the endpoint strips it on receipt, drops datagrams
 without it (ESP, NAT keepalives), and adds it to what it sends from that port.
 
-As responder, the endpoint answers IKE_SA_INIT requests itself: it picks a config by address,
+As responder, the endpoint handles IKE_SA_INIT requests itself: it picks a config by address,
 demands a COOKIE (RFC 7296 §2.6) once more than `half_open_limit` IKE SAs are half-open, and
 only then creates an IKE SA.
 """
@@ -36,7 +36,7 @@ from .config import AuthKind, ChildConfig, EndpointSettings, IkeConfig, Identity
 from .constants import NON_ESP_MARKER, ExchangeType, HeaderFlag, NotifyType, PayloadType
 from .errors import AuthenticationFailed, ProtocolError
 from .events import Address, Event, IkeSaDeleted
-from .ike_sa_init import IkeSaInitInitiator, answer_ike_sa_init, packed_address
+from .ike_sa_init import IkeSaInitInitiator, respond_to_ike_sa_init, packed_address
 from .message import Message, peek_header
 from .payloads import Notify
 from .proposal import select_proposal
@@ -297,9 +297,9 @@ class IkeEndpoint:
                 other.close(now, IkeSaDeleted(other.unique_id, other.name, by_peer=True))
 
     def config_for_identity(self, sa: IkeSa, remote_id: Identity, local_id: Identity | None) -> IkeConfig:
-        """Pick the config for an IKE_AUTH request by the peer's IDi and the IDr it asks for.
+        """Pick the config for an IKE_AUTH request by the peer's IDi and the IDr it requests.
 
-        A config whose `remote_id` equals IDi wins; otherwise a config that authenticates the
+        A config whose `remote_id` equals IDi wins. Otherwise a config that authenticates the
         peer by certificate may take it, and the certificate must then prove its `remote_id`.
         """
         candidates = [sa.config] + [c for c in self.configs if c is not sa.config]
@@ -400,25 +400,25 @@ class IkeEndpoint:
         config = self._config_for_addresses(local, remote)
         if config is None:
             self.count("dropped_no_config")
-            logger.info("IKE_SA_INIT from %s:%d: no connection matches, dropped", remote[0], remote[1])
+            logger.info("IKE_SA_INIT from %s:%d dropped: no connection matches these addresses", remote[0], remote[1])
             return
 
         sa = IkeSa(self, config, initiator=False, local=local, remote=remote, spi_i=spi_i, state=IkeSaState.HALF_OPEN)
         try:
             message = Message.decode(data)
         except ProtocolError as error:
-            sa.answer_error(ExchangeType.IKE_SA_INIT, 0, error, local, remote)
+            sa.send_error_response(ExchangeType.IKE_SA_INIT, 0, error, local, remote)
             return
         if len(self._half_open) >= self.settings.half_open_limit and not self._cookie_valid(message, remote, now):
             self._send_cookie(message, local, remote, now)
             return
-        if not answer_ike_sa_init(sa, message, local, remote, now):
+        if not respond_to_ike_sa_init(sa, message, local, remote, now):
             self.count("init_rejected")
             return
         self._register(sa)
         self._half_open[(remote, spi_i)] = sa
         self._half_open_keys[sa] = (remote, spi_i)
-        _log(sa, logging.INFO, "IKE_SA_INIT answered for %s:%d", remote[0], remote[1])
+        _log(sa, logging.INFO, "IKE_SA_INIT response sent to %s:%d", remote[0], remote[1])
 
     def _config_for_addresses(self, local: Address, remote: Address) -> IkeConfig | None:
         for config in self.configs:
@@ -463,10 +463,10 @@ class IkeEndpoint:
     def _send_cookie(self, message: Message, local: Address, remote: Address, now: float) -> None:
         version = self._cookie_version % 65536
         cookie = self._cookie(version, self._cookie_secrets[-1], message, remote)
-        answer = Message(message.spi_i, ZERO_SPI, ExchangeType.IKE_SA_INIT, HeaderFlag.RESPONSE, 0,
+        response = Message(message.spi_i, ZERO_SPI, ExchangeType.IKE_SA_INIT, HeaderFlag.RESPONSE, 0,
                          [Notify(NotifyType.COOKIE, cookie)])
         self.count("cookies_sent")
         logger.debug("IKE_SA_INIT from %s:%d: %d IKE SAs half-open, demanding a COOKIE", remote[0], remote[1],
                      len(self._half_open))
-        self.send(answer.encode(), local, remote)
+        self.send(response.encode(), local, remote)
 

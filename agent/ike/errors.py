@@ -2,9 +2,9 @@
 
 Every problem found in a received message raises a `ProtocolError`. The class decides what the
 IKE SA sends back: its `notify_type` goes into the error notify of the response (RFC 7296
-§3.10.1), and `IntegrityCheckFailed`, whose `notify_type` is None, means "drop without an answer".
-The conversion happens in one place, `IkeSa._answer_error`. An error notify received from the
-peer is raised as the same class with `from_peer=True`, so that it is never answered.
+§3.10.1), and `IntegrityCheckFailed`, whose `notify_type` is None, means "drop without a response".
+The conversion happens in one place, `IkeSa.send_error_response`. An error notify received from the
+peer is raised as the same class with `from_peer=True`, so that no response is sent for it.
 """
 
 from __future__ import annotations
@@ -32,16 +32,16 @@ class ProtocolError(Exception):
         # (RFC 7296 §3.10.1, for example CHILD_SA_NOT_FOUND).
         self.protocol_id = protocol_id
         self.spi = spi
-        # Set when the error was found after the message's integrity check passed, so that an
-        # answer may be sent; errors in unauthenticated content only drop the message.
+        # Set when the error was found after the message's integrity check passed, so that a
+        # response may be sent. Errors in unauthenticated content only drop the message.
         self.authenticated = False
 
 
 class IntegrityCheckFailed(ProtocolError):
     """The ICV or AEAD tag of an SK or SKF payload did not verify.
 
-    Such a message is dropped and counted, never answered: its content is not authenticated,
-    so nothing in it may change state or trigger a packet.
+    Such a message is dropped and counted, and nothing is sent in response: its content is not
+    authenticated, so nothing in it may change state or trigger a packet.
     """
 
     notify_type = None

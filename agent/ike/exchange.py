@@ -54,13 +54,14 @@ class Responder:
         self.sa = sa
 
     def process_request(self, message: "Message", now: float) -> list["Payload"]:
+        """Handle the request and return the payloads of the response, or raise ProtocolError."""
         raise NotImplementedError
 
     def response_sent(self, now: float) -> None:
         """Act after the response went out (for example, close the IKE SA after a Delete)."""
 
     def request_failed(self, error: "ProtocolError", now: float) -> None:
-        """Act after an error notify answered the request (for example, drop a half-open IKE SA)."""
+        """Act after an error response was sent (for example, drop a half-open IKE SA)."""
 
 
 Predicate = Callable[["Message"], bool]

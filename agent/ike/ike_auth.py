@@ -10,11 +10,11 @@ Each side signs (or MACs with the PSK) its own IKE_SA_INIT message, the peer's n
 prf(SK_p, its ID payload). When only the CHILD_SA fails, the IKE SA is still established and
 the response carries the error notify instead of SA, TSi and TSr (RFC 7296 §1.2).
 
-MOBIKE_SUPPORTED (RFC 4555 §3.1) from the original initiator carries one octet of flags; 0x01
-says it accepts SWITCH_TO_IP_ADDRESS from the responder. Only the negotiation is done here.
+MOBIKE_SUPPORTED (RFC 4555 §3.1) from the original initiator carries one octet of flags. Flag
+0x01 means that it accepts SWITCH_TO_IP_ADDRESS from the responder. Only the negotiation is done here.
 
 NOTE: EAP and multiple authentication rounds (RFC 4739) are not supported; a request without
-AUTH is answered AUTHENTICATION_FAILED.
+AUTH gets AUTHENTICATION_FAILED.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from . import auth
-from .child import accept_offer, answer_payloads, check_answer, establish, offer_payloads, spi_from_bytes
+from .child import accept_offer, response_payloads, check_response, establish, offer_payloads, spi_from_bytes
 from .config import AuthKind, IkeConfig, Identity
 from .constants import MOBIKE_FLAG_SWITCH_ACCEPTED, AuthMethod, CertEncoding, ExchangeType, NotifyType, PayloadType
 from .errors import AuthenticationFailed, ProtocolError
@@ -124,7 +124,7 @@ def _peer_certificates(message: "Message") -> tuple[x509.Certificate, list[x509.
 
 
 def _signed_octets(sa: "IkeSa", initiator_side: bool, identification: Identification) -> bytes:
-    """The octets the given side signs (RFC 7296 §2.15)."""
+    """Return the octets that the given side signs (RFC 7296 §2.15)."""
     setup = sa.setup
     if initiator_side:
         return auth.signed_octets(setup.init_request, setup.nonce_r, sa.prf, setup.sk_pi, identification.encode_body())
@@ -237,7 +237,7 @@ class IkeAuthInitiator(Initiator):
             if message.get(PayloadType.SA) is None:
                 raise_peer_errors(message)
                 raise AuthenticationFailed("IKE_AUTH response has neither SA nor an error notify")
-            agreement = check_answer(message, config, config.esp_transforms_without_dh)
+            agreement = check_response(message, config, config.esp_transforms_without_dh)
             child, info = establish(sa, agreement, self.child_spi, spi_from_bytes(agreement.proposal.spi),
                                     initiator=True, ni=sa.setup.nonce_i, nr=sa.setup.nonce_r, shared_secret=None)
         except ProtocolError as error:
@@ -314,7 +314,7 @@ class IkeAuthResponder(Responder):
         except ProtocolError as error:
             self.child_error = error
             return [Notify(error.notify_type or NotifyType.NO_PROPOSAL_CHOSEN)]
-        return answer_payloads(agreement, spi_in, None)
+        return response_payloads(agreement, spi_in, None)
 
     def response_sent(self, now: float) -> None:
         sa = self.sa

@@ -5,7 +5,7 @@
          [N(SIGNATURE_HASH_ALGORITHMS)]  -->
                                  <--  HDR, SAr1, KEr, Nr, N(NAT_DETECTION_*), [CERTREQ], ...
 
-The responder may instead answer N(COOKIE) (RFC 7296 §2.6, sent by the endpoint) or
+The responder may instead respond with N(COOKIE) (RFC 7296 §2.6, sent by the endpoint) or
 N(INVALID_KE_PAYLOAD) with the group it wants (§1.2); the initiator then repeats the request
 with message ID 0, the COOKIE first and, if asked, a KE payload of the requested group.
 """
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from .sa import IkeSa
 
 NONCE_SIZE = 32  # at least half the key size of every supported PRF (RFC 7296 §2.10)
-MAX_RETRIES = 3  # COOKIE or INVALID_KE_PAYLOAD answers accepted per IKE_SA_INIT
+MAX_RETRIES = 3  # COOKIE or INVALID_KE_PAYLOAD responses accepted per IKE_SA_INIT
 _U16 = struct.Struct("!H")
 
 logger = logging.getLogger(__name__)
@@ -251,7 +251,7 @@ class IkeSaInitInitiator(Initiator):
 
 
 class IkeSaInitResponder(Responder):
-    """Responder half; run by the endpoint through `answer_ike_sa_init`, not through the table."""
+    """Responder half; run by the endpoint through `respond_to_ike_sa_init`, not through the table."""
 
     __slots__ = ()
 
@@ -294,7 +294,7 @@ class IkeSaInitResponder(Responder):
         sa.half_open_until = now + sa.endpoint.settings.half_open_timeout
 
 
-def answer_ike_sa_init(sa: "IkeSa", message: "Message", local: "Address", remote: "Address", now: float) -> bool:
+def respond_to_ike_sa_init(sa: "IkeSa", message: "Message", local: "Address", remote: "Address", now: float) -> bool:
     """Answer an IKE_SA_INIT request on a new responder IKE SA; return True if the SA now exists."""
     sa.peer_message_id = 1
     responder = IkeSaInitResponder(sa)
@@ -302,9 +302,9 @@ def answer_ike_sa_init(sa: "IkeSa", message: "Message", local: "Address", remote
         check_payloads(message)
         payloads = responder.process_request(message, now)
     except ProtocolError as error:
-        sa.answer_error(ExchangeType.IKE_SA_INIT, 0, error, local, remote)
+        sa.send_error_response(ExchangeType.IKE_SA_INIT, 0, error, local, remote)
         return False
     sa.send_response(ExchangeType.IKE_SA_INIT, 0, payloads, local, remote)
     responder.response_sent(now)
-    _log(sa, logging.DEBUG, "IKE_SA_INIT answered, NAT local %s remote %s", sa.nat_local, sa.nat_remote)
+    _log(sa, logging.DEBUG, "IKE_SA_INIT response sent, NAT local %s remote %s", sa.nat_local, sa.nat_remote)
     return True

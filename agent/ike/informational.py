@@ -1,11 +1,11 @@
 """INFORMATIONAL (RFC 7296 §1.4): deletes, liveness checks and error notifications.
 
-Delete of CHILD_SAs (§1.4.1): the request lists the SPIs the sender receives with; the answer
+Delete of CHILD_SAs (§1.4.1): the request lists the SPIs the sender receives with, and the response
 lists the responder's SPIs of the same CHILD_SAs. When both sides delete the same CHILD_SA at
-once, neither answer lists it.
+once, neither response lists it.
     HDR, SK {D(ESP, SPIs)}  -->
                                  <--  HDR, SK {D(ESP, SPIs)}
-Delete of the IKE SA, which takes all its CHILD_SAs with it; the answer is empty:
+Delete of the IKE SA, which takes all its CHILD_SAs with it. The response is empty:
     HDR, SK {D(IKE)}  -->
                                  <--  HDR, SK {}
 Liveness check (§2.4), an empty request:
@@ -106,7 +106,7 @@ class DeleteIkeInitiator(Initiator):
 
 
 class LivenessInitiator(Initiator):
-    """An empty INFORMATIONAL request: the peer is alive if it answers (RFC 7296 §2.4)."""
+    """An empty INFORMATIONAL request: the peer is alive if it responds (RFC 7296 §2.4)."""
 
     exchange_type = ExchangeType.INFORMATIONAL
     kind = "liveness"
@@ -120,7 +120,7 @@ class LivenessInitiator(Initiator):
         return []
 
     def process_response(self, message: "Message", now: float) -> bool:
-        _log(self.sa, logging.DEBUG, "peer answered the liveness check")
+        _log(self.sa, logging.DEBUG, "peer responded to the liveness check")
         return True
 
 
@@ -145,7 +145,7 @@ class InformationalResponder(Responder):
         deletes = message.get_all(PayloadType.D)
         if any(d.protocol_id == ProtocolId.IKE for d in deletes):
             self.delete_ike = True
-            return []  # RFC 7296 §1.4.1: the answer to an IKE SA delete is empty
+            return []  # RFC 7296 §1.4.1: the response to an IKE SA delete is empty
 
         ours = []
         for delete in deletes:
@@ -159,13 +159,13 @@ class InformationalResponder(Responder):
                 self.remove.append(child)
                 if child.state != ChildSaState.DELETING:
                     ours.append(spi_bytes(child.spi_in))
-                # else: both sides delete it at once; the answer must not list it (RFC 7296 §1.4.1)
+                # Otherwise both sides delete it at once, so the response must not list it (RFC 7296 §1.4.1).
         return [Delete(ProtocolId.ESP, ours)] if ours else []
 
     def _peer_error(self, notify) -> None:
         name = notify_name(notify.notify_type)
         if notify.notify_type == NotifyType.AUTHENTICATION_FAILED:
-            # The initiator rejected our IKE_AUTH answer (RFC 7296 §2.21.2).
+            # The initiator rejected our IKE_AUTH response (RFC 7296 §2.21.2).
             self.failure = AuthenticationFailed("peer rejected our authentication", from_peer=True)
             return
         _log(self.sa, logging.WARNING, "peer reports %s", name)

@@ -5,7 +5,7 @@ Wire layout (RFC 7296 §3.1-§3.2): a 28-octet header, then a chain of payloads,
 Encrypted payload SK (RFC 7296 §3.14) is always the last payload; its Next Payload field names
 the first payload inside it. AEAD ciphers follow RFC 5282 §5: the associated data is the message
 from the IKE header up to the end of the generic SK header. The Encrypted Fragment payload SKF
-(RFC 7383 §2.5) carries one fragment, encrypted on its own; its associated data also covers the
+(RFC 7383 §2.5) carries one fragment, encrypted on its own. Its associated data also covers the
 Fragment Number and Total Fragments fields.
 
 `Message.decode` checks the header and the payload chain and leaves SK or SKF content encrypted;
@@ -37,8 +37,8 @@ MAX_REASSEMBLED_SIZE = 65535  # an IKE message length must fit the UDP length fi
 
 class Message:
     """One IKE message. After `decrypt`, `payloads` are the payloads inside SK and `protected`
-    is True. `encrypted` holds the undecrypted SK or SKF payload between `decode` and
-    `decrypt`."""
+    is True. Between `decode` and `decrypt`, `encrypted` locates the still encrypted SK or SKF
+    payload."""
 
     __slots__ = ("spi_i", "spi_r", "exchange_type", "flags", "message_id", "payloads", "protected", "encrypted", "raw")
 
@@ -162,7 +162,7 @@ class Message:
 
 
 class _EncryptedContent:
-    """Where the SK or SKF payload starts in the datagram, and its Next Payload field."""
+    """Location of an SK or SKF payload in the datagram, with its Next Payload field."""
 
     __slots__ = ("offset", "first_payload", "fragment")
 
@@ -173,14 +173,14 @@ class _EncryptedContent:
 
 
 def decode_header(data: bytes) -> tuple:
-    """Check and unpack the IKE header; raise InvalidSyntax or InvalidMajorVersion."""
+    """Check and unpack the IKE header, or raise InvalidSyntax or InvalidMajorVersion."""
     if len(data) < HEADER_SIZE:
         raise InvalidSyntax(f"message of {len(data)} octets is shorter than the IKE header")
     fields = HEADER.unpack_from(data, 0)
     version, length = fields[3], fields[7]
     if version >> 4 != IKE_VERSION >> 4:
-        # RFC 7296 §3.1: the notify carries the highest major version this side supports.
-        raise InvalidMajorVersion(f"major version {version >> 4}", bytes((IKE_VERSION,)))
+        # RFC 7296 §3.10.1: the response header carries the version this side supports.
+        raise InvalidMajorVersion(f"major version {version >> 4}")
     if length != len(data):
         raise InvalidSyntax(f"header length {length} differs from the datagram length {len(data)}")
     return fields
@@ -237,7 +237,7 @@ def decode_chain(first: int, data: bytes, offset: int, end: int, *, outer: bool)
 
 
 def encode_chain(payloads: Iterable[Payload]) -> tuple[int, bytes]:
-    """Encode payloads into a chain; return (type of the first payload, octets)."""
+    """Encode payloads into a chain and return (type of the first payload, octets)."""
     payloads = list(payloads)
     parts = []
     for index, payload in enumerate(payloads):
@@ -354,7 +354,7 @@ class SkCipher:
 
 
 def decrypt_fragment(message: Message, data: bytes, cipher: SkCipher) -> bytes:
-    """Verify and decrypt one SKF fragment; return its piece of the payload chain."""
+    """Verify and decrypt one SKF fragment and return its piece of the payload chain."""
     content = message.encrypted
     if content is None or content.fragment is None:
         raise InvalidSyntax("message has no SKF payload")
@@ -364,11 +364,11 @@ def decrypt_fragment(message: Message, data: bytes, cipher: SkCipher) -> bytes:
 
 
 class FragmentReassembly:
-    """Collects the decrypted fragments of one message (RFC 7383 §2.6).
+    """Collection of the decrypted fragments of one message (RFC 7383 §2.6).
 
     Only fragments whose integrity verified may be added. A fragment with a higher Total
-    Fragments value than the ones stored restarts the collection (the sender re-fragmented);
-    one with a lower value, or a duplicate, is ignored.
+    Fragments value than the stored ones restarts the collection, because the sender
+    fragmented the message anew. A fragment with a lower value, or a duplicate, is ignored.
     """
 
     __slots__ = ("message_id", "is_response", "total", "pieces", "first_payload", "size")
@@ -382,7 +382,7 @@ class FragmentReassembly:
         self.size = 0
 
     def add(self, fragment: EncryptedFragment, piece: bytes) -> bytes | None:
-        """Store a fragment; return the whole payload chain once every fragment arrived."""
+        """Store a fragment and return the whole payload chain once every fragment arrived."""
         with authenticated_errors():
             return self._add(fragment, piece)
 
@@ -419,7 +419,7 @@ class FragmentReassembly:
 
 @contextmanager
 def authenticated_errors():
-    """Mark protocol errors raised inside as found in authenticated content (answerable)."""
+    """Mark protocol errors raised inside as found in authenticated content, so a response may be sent."""
     try:
         yield
     except ProtocolError as error:

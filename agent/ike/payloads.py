@@ -93,7 +93,7 @@ class Payload:
 class SecurityAssociation(Payload):
     """SA payload: proposals in the sender's order of preference.
 
-    Decoding drops what cannot be selected instead of failing, as RFC 7296 §3.3.6 asks: a
+    Decoding drops what cannot be selected instead of failing, as RFC 7296 §3.3.6 requires: a
     proposal with an unknown protocol or transform type, and a transform with an unknown
     attribute. `dropped` counts those proposals and transforms for the logs.
     """
@@ -266,7 +266,7 @@ _ID_SIZES = {IdType.ID_IPV4_ADDR: 4, IdType.ID_IPV6_ADDR: 16}
 
 
 class Identification(Payload):
-    """IDi or IDr payload. `payload_type` tells which; `body` is "RestOfIDPayload" for AUTH."""
+    """IDi or IDr payload, as `payload_type` shows; its body is "RestOfIDPayload" for AUTH."""
 
     __slots__ = ("payload_type", "id_type", "data")
 
@@ -655,7 +655,7 @@ class Configuration(Payload):
 
 # --- SKF (RFC 7383 §2.5) ----------------------------------------------------------------------
 # The SK payload has no class: a decrypted message's payloads are the SK payload's content, and
-# `Message.protected` says that they came inside SK (see message.py).
+# `Message.protected` is True when they came inside SK (see message.py).
 
 
 class EncryptedFragment(Payload):

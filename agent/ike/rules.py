@@ -1,4 +1,4 @@
-"""Which payloads each exchange may carry: the payload rules of RFC 7296 §1.2-§1.4.
+"""Payload rules of RFC 7296 §1.2-§1.4: the payloads each exchange may carry.
 
 `PAYLOAD_RULES` maps (exchange type, is response) to a `PayloadRule`. `check_payloads` applies it
 to a decoded (and decrypted) message and raises `InvalidSyntax` on a violation. Payloads of
@@ -19,8 +19,8 @@ from .payloads import KNOWN_PAYLOAD_TYPES
 
 P = PayloadType
 
-# Payload types that may occur more than once in one message (RFC 7296 §3: several CERT,
-# CERTREQ, N, D and V payloads are allowed); every other type at most once.
+# Payload types that may occur more than once in one message (RFC 7296 §3 allows several CERT,
+# CERTREQ, N, D and V payloads). Every other type may occur at most once.
 REPEATABLE = frozenset({P.CERT, P.CERTREQ, P.N, P.D, P.V})
 
 
@@ -28,8 +28,8 @@ REPEATABLE = frozenset({P.CERT, P.CERTREQ, P.N, P.D, P.V})
 class PayloadRule:
     """Allowed and required payloads of one message kind.
 
-    `required` is waived when the message is an error answer (a response whose notifies include
-    an error type) or, for IKE_SA_INIT, a response asking for a COOKIE or another KE group.
+    `required` is waived for an error response (a response whose notifies include an error
+    type) and, for IKE_SA_INIT, for a response that requests a COOKIE or another KE group.
     """
 
     allowed: frozenset[int]
@@ -48,8 +48,8 @@ PAYLOAD_RULES: dict[tuple[int, bool], PayloadRule] = {
     (ExchangeType.IKE_SA_INIT, True): _rule(
         {P.SA, P.KE, P.NONCE, P.N, P.V, P.CERTREQ}, {P.SA, P.KE, P.NONCE}, encrypted=False
     ),
-    # HDR, SK {IDi, [CERT,] [CERTREQ,] [IDr,] AUTH, SAi2, TSi, TSr}; EAP and CP pass here and are
-    # rejected by the exchange, which knows it does not support them.
+    # HDR, SK {IDi, [CERT,] [CERTREQ,] [IDr,] AUTH, SAi2, TSi, TSr}. EAP and CP pass here, and
+    # the exchange rejects them because it does not support them.
     (ExchangeType.IKE_AUTH, False): _rule(
         {P.IDi, P.CERT, P.CERTREQ, P.IDr, P.AUTH, P.SA, P.TSi, P.TSr, P.N, P.V, P.CP, P.EAP}, {P.IDi}
     ),
@@ -70,8 +70,8 @@ PAYLOAD_RULES: dict[tuple[int, bool], PayloadRule] = {
 _INIT_RETRY_NOTIFIES = frozenset({NotifyType.COOKIE, NotifyType.INVALID_KE_PAYLOAD})
 
 
-def is_error_answer(message: Message) -> bool:
-    """Tell whether a response carries an error notify or asks the initiator to retry."""
+def is_error_response(message: Message) -> bool:
+    """Tell whether a response carries an error notify or requests a retry from the initiator."""
     for payload in message.payloads:
         if payload.payload_type == P.N and (payload.is_error or payload.notify_type in _INIT_RETRY_NOTIFIES):
             return True
@@ -96,6 +96,6 @@ def check_payloads(message: Message) -> None:
         seen.add(kind)
 
     missing = rule.required - seen
-    if missing and not (message.is_response and is_error_answer(message)):
+    if missing and not (message.is_response and is_error_response(message)):
         names = ", ".join(sorted(P(kind).name for kind in missing))
         raise InvalidSyntax(f"missing payloads {names}")

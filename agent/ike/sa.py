@@ -7,7 +7,7 @@ peer counts as dead (§2.4). For the peer's requests it remembers the last respo
 again, unchanged, when the request is retransmitted (§2.1). Anything older or newer is dropped
 and counted, as are messages whose integrity check fails.
 
-Errors in a request become an error notify in exactly one place, `answer_error`. Exchanges live
+Errors in a request become an error notify in exactly one place, `send_error_response`. Exchanges live
 in their own modules (ike_sa_init, ike_auth, create_child_sa, informational) as initiator and
 responder halves; this module runs them.
 """
@@ -39,7 +39,7 @@ _PEER_DELETED_KEPT = 8  # SPIs remembered from Deletes of CHILD_SAs not yet know
 
 class IkeSaState(enum.Enum):
     CONNECTING = "connecting"  # original initiator: IKE_SA_INIT and IKE_AUTH under way
-    HALF_OPEN = "half-open"  # responder: IKE_SA_INIT answered, IKE_AUTH not yet received
+    HALF_OPEN = "half-open"  # responder: IKE_SA_INIT done, IKE_AUTH not yet received
     ESTABLISHED = "established"
     REKEYED = "rekeyed"  # replaced by a new IKE SA (RFC 7296 §2.18), waiting for the Delete
     DELETING = "deleting"  # this side's Delete of the IKE SA is under way
@@ -47,7 +47,7 @@ class IkeSaState(enum.Enum):
 
 
 # Which requests of the peer each state processes; others are dropped and counted. IKE_SA_INIT
-# requests never reach an IKE SA: the endpoint answers them (see endpoint.py).
+# requests never reach an IKE SA because the endpoint responds to them (see endpoint.py).
 ACCEPTED_REQUESTS: dict[IkeSaState, frozenset[int]] = {
     IkeSaState.CONNECTING: frozenset(),
     IkeSaState.HALF_OPEN: frozenset({ExchangeType.IKE_AUTH}),
@@ -57,7 +57,7 @@ ACCEPTED_REQUESTS: dict[IkeSaState, frozenset[int]] = {
     IkeSaState.CLOSED: frozenset(),
 }
 
-# Requests answered with TEMPORARY_FAILURE (RFC 7296 §2.25) because of what this side is doing:
+# Requests that get TEMPORARY_FAILURE (RFC 7296 §2.25) because of what this side is doing:
 # (kind of this side's running exchange or None for any, kind of the peer's request). Simultaneous
 # rekeys of the same SA are not here: they are collisions, resolved by RFC 7296 §2.8.1 and §2.8.2.
 BUSY: frozenset[tuple[str | None, str]] = frozenset(
@@ -163,12 +163,14 @@ class IkeSa:
         self.endpoint = endpoint
         self.config = config
         self.unique_id = endpoint.next_unique_id()
-        self.initiator = initiator  # the original initiator of this IKE SA (RFC 7296 §2.2)
+        self.initiator = initiator  # the original initiator of this IKE SA (Initiator flag, RFC 7296 §3.1)
         self.spi_i = spi_i
         self.spi_r = spi_r
         self.state = state
         self.local = local
         self.remote = remote
+
+        # Keys and negotiated features.
         self.prf = None
         self.sk_d = b""
         self.cipher: SkCipher | None = None
@@ -177,12 +179,15 @@ class IkeSa:
         self.nat_remote = False
         self.mobike = False
         self.peer_accepts_switch = False
-        # RFC 4555 §3.1 gives the MOBIKE initiator role to the original initiator; a rekeyed IKE
-        # SA inherits it from the SA it replaces (NOTE: RFC 4555 does not say this explicitly).
+        # RFC 4555 §3.1 gives the MOBIKE initiator role to the original initiator. A rekeyed IKE
+        # SA inherits the role from the SA it replaces.
+        # NOTE: RFC 4555 does not say so explicitly; the rekey may make the other side initiator.
         self.mobike_initiator = initiator
         self.fragmentation = False
         self.local_identity: Identity | None = None
         self.remote_identity: Identity | None = None
+
+        # Message IDs, the outstanding request and the cached response (RFC 7296 §2.1-§2.3).
         self.next_message_id = 0
         self.peer_message_id = 0
         self.active: Initiator | None = None
@@ -194,6 +199,8 @@ class IkeSa:
         self.queue: list[Initiator] | None = None
         self.deferred: list[tuple[float, Initiator]] | None = None
         self.reassembly: FragmentReassembly | None = None
+
+        # CHILD_SAs by inbound SPI, scratch state of the setup, timers and rekey bookkeeping.
         self.children: dict[int, ChildSa] = {}
         self.setup: Setup | None = Setup()
         self.rekey_at: float | None = None
@@ -289,7 +296,11 @@ class IkeSa:
     # --- sending -------------------------------------------------------------------------------
 
     def _encode(self, exchange_type: int, message_id: int, payloads: list[Payload], *, response: bool) -> list[bytes]:
-        flags = (HeaderFlag.INITIATOR if self.initiator else 0) | (HeaderFlag.RESPONSE if response else 0)
+        flags = 0
+        if self.initiator:
+            flags |= HeaderFlag.INITIATOR
+        if response:
+            flags |= HeaderFlag.RESPONSE
         message = Message(self.spi_i, self.spi_r, exchange_type, flags, message_id, payloads)
         if logger.isEnabledFor(logging.DEBUG):
             message.protected = exchange_type != ExchangeType.IKE_SA_INIT
@@ -315,7 +326,7 @@ class IkeSa:
         self._transmit(datagrams, local, remote)
 
     def send_notification(self, exchange_type: int, payloads: list[Payload]) -> None:
-        """Send a request once, without waiting for the answer (used just before closing)."""
+        """Send a request once, without waiting for the response (used just before closing)."""
         self._transmit(self._encode(exchange_type, self.next_message_id, payloads, response=False), self.local, self.remote)
         self.next_message_id += 1
 
@@ -336,7 +347,7 @@ class IkeSa:
 
         Return None when the message is dropped (unauthenticated and malformed, or failing the
         integrity check) or when fragments are still missing. Errors found in authenticated
-        content are raised, so that the caller can answer them.
+        content are raised, so that the caller can send an error response.
         """
         try:
             message = Message.decode(data)
@@ -355,7 +366,7 @@ class IkeSa:
         except ProtocolError as error:
             if error.authenticated:
                 raise
-            # Nothing of the message is authenticated, so nothing is answered.
+            # Nothing of the message is authenticated, so no response is sent.
             self.endpoint.count("dropped_integrity" if error.notify_type is None else "dropped_invalid")
             self.log(logging.DEBUG, "dropped message: %s", error)
             return None
@@ -374,7 +385,7 @@ class IkeSa:
 
     def _receive_request(self, data: bytes, message_id: int, local: Address, remote: Address, now: float) -> None:
         if message_id == self.response_id and self.response is not None:
-            self._answer_retransmission(data, local, remote)
+            self._resend_response(data, local, remote)
             return
         if message_id != self.peer_message_id:
             self.endpoint.count("dropped_message_id")
@@ -388,7 +399,7 @@ class IkeSa:
             if exchange_type not in ACCEPTED_REQUESTS[self.state]:
                 return
             self.peer_message_id += 1
-            self.answer_error(exchange_type, message_id, error, local, remote)
+            self.send_error_response(exchange_type, message_id, error, local, remote)
             return
         if message is None:
             return
@@ -400,8 +411,8 @@ class IkeSa:
             return
 
         if self.state == IkeSaState.HALF_OPEN and (local, remote) != (self.local, self.remote):
-            # RFC 7296 §2.23: the initiator moved to the NAT-T port for IKE_AUTH (or a NAT
-            # changed its port); follow it, now that the request proved authentic.
+            # RFC 7296 §2.23: the initiator moved to the NAT-T port for IKE_AUTH, or a NAT
+            # changed its port. Follow it, now that the request proved authentic.
             self.local, self.remote = local, remote
         # TODO: without MOBIKE, RFC 7296 §2.23 also follows a NAT mapping change of an
         # established IKE SA; that needs an address-change event for the CHILD_SAs.
@@ -420,7 +431,7 @@ class IkeSa:
             responder = responder_class(self)
             payloads = responder.process_request(message, now)
         except ProtocolError as error:
-            self.answer_error(message.exchange_type, message_id, error, local, remote)
+            self.send_error_response(message.exchange_type, message_id, error, local, remote)
             if responder is not None:
                 responder.request_failed(error, now)
             return
@@ -457,7 +468,7 @@ class IkeSa:
         if (active_kind, kind) in BUSY:
             raise TemporaryFailure(f"{active_kind} under way")
 
-    def _answer_retransmission(self, data: bytes, local: Address, remote: Address) -> None:
+    def _resend_response(self, data: bytes, local: Address, remote: Address) -> None:
         """Send the cached response again, once the retransmitted request proved authentic."""
         try:
             message = Message.decode(data)
@@ -468,7 +479,7 @@ class IkeSa:
                 else:
                     decrypt_fragment(message, data, self.cipher)
                     if content.fragment.fragment_number != 1:
-                        # RFC 7383 §2.6.1: answer a fragmented retransmission once, on fragment 1.
+                        # RFC 7383 §2.6.1: respond to a fragmented retransmission once, on fragment 1.
                         return
         except ProtocolError as error:
             self.endpoint.count("dropped_integrity" if error.notify_type is None else "dropped_invalid")
@@ -478,14 +489,14 @@ class IkeSa:
         self.log(logging.DEBUG, "request %d retransmitted, sending the cached response again", self.response_id)
         self._transmit(datagrams, local, remote)
 
-    def answer_error(self, exchange_type: int, message_id: int, error: ProtocolError, local: Address, remote: Address) -> None:
+    def send_error_response(self, exchange_type: int, message_id: int, error: ProtocolError, local: Address, remote: Address) -> None:
         """Turn a protocol error in a request into the error notify of the response (the only place)."""
         if error.notify_type is None:
             self.endpoint.count("dropped_integrity")
             return
-        self.endpoint.count("answered_errors")
+        self.endpoint.count("error_responses")
         level = logging.INFO if error.notify_type == TemporaryFailure.notify_type else logging.WARNING
-        self.log(level, "answered %s request %d with %s: %s", exchange_name(exchange_type), message_id,
+        self.log(level, "rejected %s request %d with %s: %s", exchange_name(exchange_type), message_id,
                  notify_name(error.notify_type), error)
         notify = Notify(error.notify_type, error.notify_data, error.protocol_id, error.spi)
         self.send_response(exchange_type, message_id, [notify], local, remote)
@@ -622,8 +633,8 @@ class IkeSa:
     def note_peer_delete(self, spi_out: int) -> None:
         """Remember an SPI that the peer deleted while no CHILD_SA here used it.
 
-        This happens when the answer that created the CHILD_SA here was lost and the peer
-        deleted the CHILD_SA before the retransmitted answer arrived.
+        This happens when the response that created the CHILD_SA here was lost and the peer
+        deleted the CHILD_SA before the retransmitted response arrived.
         """
         if self.peer_deleted_spis is None:
             self.peer_deleted_spis = []
@@ -644,7 +655,7 @@ class IkeSa:
         return None
 
     def owner_of(self, child: ChildSa) -> "IkeSa":
-        """Return the IKE SA that holds `child` now: this one or, after rekeys, a successor.
+        """Return the IKE SA that contains `child` now: this one or, after rekeys, a successor.
 
         An exchange that was under way when the IKE SA was rekeyed finishes on the old IKE SA,
         but the CHILD_SAs it concerns have moved on.
@@ -688,7 +699,7 @@ class IkeSa:
         self.reassembly = None
         self.endpoint.remove(self)
         for exchange in carried:
-            # For example a CHILD_SA Delete whose answer was lost when the IKE SA was rekeyed:
+            # For example a CHILD_SA Delete whose response was lost when the IKE SA was rekeyed:
             # the CHILD_SA moved to the successor, so the Delete is repeated there.
             exchange.sa = self.successor
             self.successor.start(exchange, now)

@@ -1,9 +1,9 @@
 """Traffic selector narrowing (RFC 7296 §2.9).
 
-The responder narrows what the initiator proposes to the intersection with its own policy; the
+The responder narrows what the initiator proposes to the intersection with its own policy. The
 initiator then checks that what came back lies within what it proposed. Address ranges are
-compared as integers. Port ranges with start > end ("OPAQUE", RFC 7296 §3.13.1) only match other
-OPAQUE ranges.
+compared as integers. A port range with start > end ("OPAQUE", RFC 7296 §3.13.1) matches only
+another OPAQUE range or the full range 0-65535.
 """
 
 from __future__ import annotations

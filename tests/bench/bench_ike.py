@@ -93,8 +93,8 @@ def rss_bytes() -> int:
 def measure_memory(count: int, traced: bool) -> tuple[float, int]:
     """Return (growth per IKE SA pair in bytes, IKE SAs established).
 
-    With `traced`, the growth is that of the Python heap seen by tracemalloc; otherwise that of
-    the RSS, measured without tracemalloc, whose own bookkeeping would inflate it.
+    With `traced`, the growth is that of the Python heap seen by tracemalloc. Otherwise it is
+    that of the RSS, measured without tracemalloc because its own bookkeeping would inflate it.
     """
     left, right, config = endpoints()
     establish(left, right, config, 10)  # import and cache everything first

@@ -1,8 +1,8 @@
 """Test support for the IKE core: peers in one process, joined by a network that tests control.
 
 `Network` carries datagrams between `IkeEndpoint`s by IP address and keeps a fake clock. Tests
-take the datagrams in flight with `take()`, and drop, duplicate, reorder, rewrite (NAT) or corrupt
-them before `deliver()`; `run()` delivers everything and fires timers until nothing is left to do.
+take the datagrams in flight with `take()`, then drop, duplicate, reorder, rewrite (NAT) or corrupt
+them before `deliver()`. `run()` delivers everything and fires timers until nothing is left to do.
 Randomness is seeded, so every run is the same.
 """
 
@@ -92,7 +92,7 @@ class Network:
         return address
 
     def step(self, rounds: int = 1) -> None:
-        """Deliver what is in flight, `rounds` times (each round delivers the previous answers)."""
+        """Deliver what is in flight, `rounds` times (each round delivers the previous responses)."""
         for _ in range(rounds):
             self.deliver(self.take())
 

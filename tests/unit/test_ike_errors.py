@@ -1,7 +1,7 @@
-"""Error answers of the IKE core: which notify answers which malformed or unwelcome request.
+"""Error responses of the IKE core: which notify rejects which malformed or unwelcome request.
 
 Requests are built by hand with the initiator's keys, so that they pass the integrity check and
-reach the parts of the responder that answer them.
+reach the parts of the responder that reject them.
 """
 
 import struct
@@ -34,7 +34,7 @@ def established_pair(**right_settings):
 
 
 def send_protected(network, sa, exchange_type, chain_first, chain, message_id=None):
-    """Send a request sealed with the initiator's keys and return the decrypted answer."""
+    """Send a request sealed with the initiator's keys and return the decrypted response."""
     message_id = sa.next_message_id if message_id is None else message_id
     message = Message(sa.spi_i, sa.spi_r, exchange_type, HeaderFlag.INITIATOR, message_id, [])
     data = sa.cipher.seal(message._header, chain_first, chain)
@@ -42,10 +42,10 @@ def send_protected(network, sa, exchange_type, chain_first, chain, message_id=No
     answers = network.take()
     if not answers:
         return None
-    answer_data = answers[0].ike
-    answer = Message.decode(answer_data)
-    answer.decrypt(answer_data, sa.cipher)
-    return answer
+    response_data = answers[0].ike
+    response = Message.decode(response_data)
+    response.decrypt(response_data, sa.cipher)
+    return response
 
 
 def error_notify(answer):
@@ -54,7 +54,7 @@ def error_notify(answer):
     return notifies[0]
 
 
-def test_unsupported_critical_payload_answered():
+def test_critical_unknown_payload_rejected():
     network, left, right, sa = established_pair()
     first, chain = encode_chain([UnknownPayload(200, False, b"x")])
     chain = chain[:1] + b"\x80" + chain[2:]  # set the critical bit
@@ -67,12 +67,12 @@ def test_unsupported_critical_payload_answered():
 def test_unknown_noncritical_payload_ignored():
     network, left, right, sa = established_pair()
     first, chain = encode_chain([UnknownPayload(200, False, b"x")])
-    # HDR, SK {UNKNOWN}  -->  <--  HDR, SK {}   (a liveness answer)
+    # HDR, SK {UNKNOWN}  -->  <--  HDR, SK {}   (a liveness check response)
     answer = send_protected(network, sa, ExchangeType.INFORMATIONAL, first, chain)
     assert answer.payloads == []
 
 
-def test_malformed_inner_payload_answered_invalid_syntax():
+def test_malformed_inner_payload_rejected():
     network, left, right, sa = established_pair()
     first, chain = encode_chain([Delete(3, [b"\x00\x00\x01\x00"])])
     chain = chain[: GENERIC_HEADER.size + 2] + struct.pack("!H", 9) + chain[GENERIC_HEADER.size + 4 :]  # SPI count 9
@@ -80,14 +80,14 @@ def test_malformed_inner_payload_answered_invalid_syntax():
     assert notify.notify_type == NotifyType.INVALID_SYNTAX
 
 
-def test_payload_not_allowed_answered_invalid_syntax():
+def test_misplaced_payload_rejected():
     network, left, right, sa = established_pair()
     first, chain = encode_chain([KeyExchange(31, bytes(32))])
     notify = error_notify(send_protected(network, sa, ExchangeType.INFORMATIONAL, first, chain))
     assert notify.notify_type == NotifyType.INVALID_SYNTAX
 
 
-def test_error_answer_cached_for_retransmission():
+def test_error_response_cached():
     network, left, right, sa = established_pair()
     first, chain = encode_chain([KeyExchange(31, bytes(32))])
     send_protected(network, sa, ExchangeType.INFORMATIONAL, first, chain)
@@ -96,7 +96,7 @@ def test_error_answer_cached_for_retransmission():
     assert right.stats["retransmitted_responses"] == 1
 
 
-def test_rekey_of_unknown_child_answered():
+def test_rekey_unknown_child_rejected():
     network, left, right, sa = established_pair()
     payloads = [
         Notify(NotifyType.REKEY_SA, protocol_id=3, spi=b"\xde\xad\xbe\xef"),
@@ -132,7 +132,7 @@ def test_request_in_wrong_state_dropped():
     assert right.ike_sas[0].state == IkeSaState.HALF_OPEN
 
 
-def test_invalid_major_version_answered():
+def test_major_version_rejected():
     network, left, right, left_id = connect(*psk_pair())
     request, = network.take()
     data = bytearray(request.data)
@@ -145,7 +145,7 @@ def test_invalid_major_version_answered():
     assert not right.ike_sas
 
 
-def test_init_request_without_nonce_answered():
+def test_init_without_nonce_rejected():
     network, left, right, left_id = connect(*psk_pair())
     request, = network.take()
     message = Message.decode(request.data)

@@ -1,7 +1,7 @@
 """Two IKE peers in one process: IKE_SA_INIT, IKE_AUTH, CREATE_CHILD_SA and INFORMATIONAL.
 
-Each step names the message in RFC 7296 notation. "left" initiates, "right" responds, unless a
-test says otherwise.
+Each step names the message in RFC 7296 notation. "left" initiates and "right" responds, unless
+a test states otherwise.
 """
 
 import logging
@@ -55,7 +55,8 @@ def assert_child_pair(a, b):
     assert a.remote_ts == b.local_ts
     assert a.algorithms == b.algorithms
     assert a.mode == b.mode
-    assert a.reqid >= 1 and b.reqid >= 1
+    assert a.reqid >= 1
+    assert b.reqid >= 1
 
 
 def established(left_config, right_config, **connect_options):
@@ -106,11 +107,14 @@ def test_psk_setup():
     left_sa, = of_type(left_events, IkeSaEstablished)
     right_sa, = of_type(right_events, IkeSaEstablished)
     assert (left_sa.spi_i, left_sa.spi_r) == (right_sa.spi_i, right_sa.spi_r)
-    assert left_sa.initiator and not right_sa.initiator
+    assert left_sa.initiator
+    assert not right_sa.initiator
     assert (left_sa.remote_id, right_sa.remote_id) == ("right.example", "left.example")
-    assert left_sa.mobike and right_sa.mobike
+    assert left_sa.mobike
+    assert right_sa.mobike
     assert right_sa.peer_accepts_switch  # the initiator set flag 0x01 in MOBIKE_SUPPORTED
-    assert left_sa.fragmentation and right_sa.fragmentation
+    assert left_sa.fragmentation
+    assert right_sa.fragmentation
     assert not (left_sa.local_behind_nat or left_sa.remote_behind_nat)
 
     left_child, = of_type(left_events, ChildSaReady)
@@ -176,7 +180,7 @@ def test_certificate_identity_mismatch_rejected():
     network, left, right, _ = connect(left_config, right_config)
     network.run()
     assert of_type(left.events(), IkeSaFailed)[0].notify == NotifyType.AUTHENTICATION_FAILED
-    # RFC 7296 §2.21.2: the initiator tells the responder in an INFORMATIONAL exchange.
+    # RFC 7296 §2.21.2: the initiator reports the failure in an INFORMATIONAL exchange.
     assert of_type(right.events(), IkeSaFailed)[0].notify == NotifyType.AUTHENTICATION_FAILED
 
 
@@ -188,9 +192,10 @@ def test_cookie_when_busy():
     network.deliver(network.take())
     #   <--  HDR, N(COOKIE)
     cookie_answer, = network.take()
-    assert cookie_answer.is_response and len(cookie_answer.ike) < 100
+    assert cookie_answer.is_response
+    assert len(cookie_answer.ike) < 100
     assert right.stats["cookies_sent"] == 1
-    assert not right.ike_sas  # no state kept for a cookie answer
+    assert not right.ike_sas  # no state kept for a cookie response
     network.deliver([cookie_answer])
 
     # HDR, N(COOKIE), SAi1, KEi, Ni  -->
@@ -217,7 +222,7 @@ def test_invalid_ke_payload_retry():
     # HDR, SAi1, KEi(ECP-256), Ni  -->
     network.run()
     assert of_type(left.events(), IkeSaEstablished)
-    assert right.stats["init_rejected"] == 1  # the first request was answered statelessly
+    assert right.stats["init_rejected"] == 1  # the first request got a stateless response
 
 
 def test_no_proposal_chosen():
@@ -236,7 +241,8 @@ def test_wrong_psk():
     # HDR, SK {IDi, AUTH, ...}  -->  <--  HDR, SK {N(AUTHENTICATION_FAILED)}
     assert of_type(left.events(), IkeSaFailed)[0].notify == NotifyType.AUTHENTICATION_FAILED
     assert of_type(right.events(), IkeSaFailed)[0].notify == NotifyType.AUTHENTICATION_FAILED
-    assert not left.ike_sas and not right.ike_sas
+    assert not left.ike_sas
+    assert not right.ike_sas
 
 
 def test_unknown_identity_rejected():
@@ -315,8 +321,10 @@ def test_nat_detected():
     left_sa, = of_type(left.events(), IkeSaEstablished)
     right_events = right.events()
     right_sa, = of_type(right_events, IkeSaEstablished)
-    assert left_sa.local_behind_nat and not left_sa.remote_behind_nat
-    assert right_sa.remote_behind_nat and not right_sa.local_behind_nat
+    assert left_sa.local_behind_nat
+    assert not left_sa.remote_behind_nat
+    assert right_sa.remote_behind_nat
+    assert not right_sa.local_behind_nat
     assert left_sa.local == ("10.0.0.2", 4500)
     child = of_type(right_events, ChildSaReady)[0].child
     assert child.udp_encap
@@ -408,7 +416,7 @@ def test_integrity_failure_dropped_silently():
     corrupted = bytearray(auth_request.data)
     corrupted[-1] ^= 0x55
     network.deliver([type(auth_request)(bytes(corrupted), auth_request.source, auth_request.destination)])
-    assert not network.take()  # no answer at all
+    assert not network.take()  # no response at all
     assert right.stats["dropped_integrity"] == 1
     network.advance(5)  # the retransmission gets through
     assert of_type(right.events(), IkeSaEstablished)
@@ -439,7 +447,7 @@ def test_half_open_expires():
 def test_initial_contact_replaces_old_sa():
     left_config, right_config = psk_pair()
     network, left, right, _, right_id, _ = established(left_config, right_config)
-    # The initiator restarts, forgets everything and connects again with INITIAL_CONTACT.
+    # The initiator restarts, loses its state and connects again with INITIAL_CONTACT.
     restarted = network.add(LEFT[0], make_endpoint(seed=77))
     restarted.initiate(left_config, LEFT, RIGHT, network.now)
     network.run()
@@ -475,7 +483,9 @@ def test_create_child_command_with_pfs(caplog):
     caplog.set_level(logging.DEBUG, logger="agent.ike.sa")
     left.create_child(left_id, extra_left, network.now)
     network.run()
-    assert any("CREATE_CHILD_SA request" in r.message and "KE(group 31)" in r.message for r in caplog.records)
+    requests = [r.message for r in caplog.records if "sending CREATE_CHILD_SA request" in r.message]
+    assert requests
+    assert "KE(group 31)" in requests[0]
     left_child = of_type(left.events(), ChildSaReady)[0].child
     right_child = of_type(right.events(), ChildSaReady)[0].child
     assert_child_pair(left_child, right_child)
@@ -540,8 +550,8 @@ def test_child_rekey_collision():
     right.rekey_child(right_id, right_spi, network.now)
     network.run()
     left_events, right_events = left.events(), right.events()
-    # RFC 7296 §2.8.1: two new CHILD_SAs come up; the one with the lowest nonce is deleted by
-    # its creator, the old one by the creator of the survivor. One CHILD_SA remains on each side.
+    # RFC 7296 §2.8.1: two new CHILD_SAs come up. Its creator deletes the one with the lowest
+    # nonce, and the creator of the survivor deletes the old one. One CHILD_SA remains per side.
     assert len(of_type(left_events, ChildSaRekeyed)) == 2
     left_child, right_child = only_child(left, left_id), only_child(right, right_id)
     assert left_child.spi_in == right_child.spi_out
@@ -574,7 +584,7 @@ def test_child_rekey_temporary_failure_during_ike_rekey():
     network.flush()
     # Right answers left's CHILD_SA rekey with TEMPORARY_FAILURE while its IKE rekey runs;
     # left retries on the new IKE SA after a delay.
-    assert right.stats["answered_errors"] == 1
+    assert right.stats["error_responses"] == 1
     network.advance(10)
     rekeyed = of_type(left.events(), IkeSaRekeyed)
     assert rekeyed
@@ -605,7 +615,8 @@ def test_ike_rekey(rekeying_side):
     assert only_child(left, left_rekeyed.new) is child
     new_sa = left.ike_sa(left_rekeyed.new)
     assert new_sa.initiator == (rekeying_side == "initiator")  # RFC 7296 §2.18
-    assert len(left.ike_sas) == 1 and len(right.ike_sas) == 1
+    assert len(left.ike_sas) == 1
+    assert len(right.ike_sas) == 1
 
     # The new IKE SA works: rekey the CHILD_SA over it.
     left.rekey_child(left_rekeyed.new, child.spi_in, network.now)
@@ -619,7 +630,8 @@ def test_ike_rekey_collision():
     left.rekey_ike(left_id, network.now)
     right.rekey_ike(right_id, network.now)
     network.run()
-    assert len(left.ike_sas) == 1 and len(right.ike_sas) == 1
+    assert len(left.ike_sas) == 1
+    assert len(right.ike_sas) == 1
     left_sa, right_sa = left.ike_sas[0], right.ike_sas[0]
     assert (left_sa.spi_i, left_sa.spi_r) == (right_sa.spi_i, right_sa.spi_r)
     assert left_sa.state == right_sa.state == IkeSaState.ESTABLISHED
@@ -658,7 +670,8 @@ def test_delete_child():
     left_deleted, = of_type(left.events(), ChildSaDeleted)
     right_deleted, = of_type(right.events(), ChildSaDeleted)
     assert left_deleted.spi_in == right_deleted.spi_out == spi
-    assert not left.ike_sa(left_id).children and not right.ike_sa(right_id).children
+    assert not left.ike_sa(left_id).children
+    assert not right.ike_sa(right_id).children
 
 
 def test_delete_child_simultaneous():
@@ -682,7 +695,8 @@ def test_delete_ike(deleting_side):
     assert of_type(deleter_events, IkeSaDeleted)[0].by_peer is False
     assert of_type(other_events, IkeSaDeleted)[0].by_peer is True
     assert of_type(deleter_events, ChildSaDeleted) and of_type(other_events, ChildSaDeleted)
-    assert not left.ike_sas and not right.ike_sas
+    assert not left.ike_sas
+    assert not right.ike_sas
 
 
 def test_delete_ike_peer_gone():
@@ -731,7 +745,7 @@ def test_certificate_dn_identities():
 
     pki = make_pki()
     left_config, right_config = cert_pair(pki)
-    # Each side sends its subject DN as IDi/IDr; the other side configured the peer's DN with
+    # Each side sends its subject DN as IDi or IDr. The other side configured the peer's DN with
     # PrintableString instead of UTF8String, so the DER octets differ but the DN is the same.
     def printable_dn(host):
         name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "rmobike test", _type=_ASN1Type.PrintableString),

@@ -119,8 +119,8 @@ def test_sa_unknown_protocol_drops_proposal():
     [
         b"",
         b"\x00\x00\x00",
-        _proposal([_transform(1, 20)], 2),  # count says two transforms
-        _proposal([_transform(1, 20, last=False)], 1),  # last-transform flag says more
+        _proposal([_transform(1, 20)], 2),  # the count claims two transforms
+        _proposal([_transform(1, 20, last=False)], 1),  # the last-transform flag claims more
         _proposal([_transform(1, 20)], 1)[:-1],  # truncated
         _proposal([_transform(1, 20)], 1) + b"\x00",  # trailing octet
         _proposal([_transform(1, 20)], 1, protocol=3, spi=b"\x01\x02"),  # ESP with a 2-octet SPI
@@ -240,7 +240,7 @@ def test_delete_round_trip():
 @pytest.mark.parametrize(
     "body",
     [
-        bytes((3, 4)) + struct.pack("!H", 2) + bytes(4),  # count says 2 SPIs, one present
+        bytes((3, 4)) + struct.pack("!H", 2) + bytes(4),  # the count claims 2 SPIs, one is present
         bytes((1, 8)) + struct.pack("!H", 1) + bytes(8),  # IKE delete with an SPI
         bytes((3, 8)) + struct.pack("!H", 1) + bytes(8),  # ESP SPI of 8 octets
         bytes((7, 0)) + struct.pack("!H", 0),  # unknown protocol

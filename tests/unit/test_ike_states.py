@@ -2,9 +2,9 @@
 
 Each step is a command on either peer (rekey a CHILD_SA or the IKE SA, create or delete a
 CHILD_SA, delete the IKE SA, check liveness) or a network event (deliver, lose, duplicate or
-reorder datagrams, let time pass). After every step nothing may have escaped and each endpoint's
-bookkeeping must be consistent; once the network is reliable again and the timers ran out, both
-peers must agree on every IKE SA and CHILD_SA.
+reorder datagrams, let time pass). After every step nothing may have escaped, and each
+endpoint's bookkeeping must be consistent. Once the network is reliable again and the timers ran
+out, both peers must agree on every IKE SA and CHILD_SA.
 """
 
 import random
@@ -157,7 +157,8 @@ class TwoPeers(RuleBasedStateMachine):
         for spis, left_sa in left.items():
             right_sa = right[spis]
             assert left_sa.state == right_sa.state == IkeSaState.ESTABLISHED
-            assert left_sa.active is None and right_sa.active is None
+            assert left_sa.active is None
+            assert right_sa.active is None
             left_children = {(c.spi_in, c.spi_out) for c in left_sa.children.values()}
             right_children = {(c.spi_out, c.spi_in) for c in right_sa.children.values()}
             assert left_children == right_children
