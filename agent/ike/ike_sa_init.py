@@ -195,7 +195,11 @@ class IkeSaInitInitiator(Initiator):
             raise InvalidSyntax("IKE_SA_INIT response without responder SPI")
 
         sa.spi_r = message.spi_r
-        derive_keys(sa, proposal, self.dh, ke.data, self.nonce, message.get(PayloadType.NONCE).data)
+        try:
+            derive_keys(sa, proposal, self.dh, ke.data, self.nonce, message.get(PayloadType.NONCE).data)
+        except ProtocolError:
+            sa.spi_r = bytes(8)  # keep accepting the genuine response
+            raise
         self.dh = None
         sa.setup.init_request = sa.request[0]
         sa.setup.init_response = message.raw

@@ -518,6 +518,12 @@ class IkeSa:
             check_payloads(message)
             done = exchange.process_response(message, now)
         except ProtocolError as error:
+            if exchange.exchange_type == ExchangeType.IKE_SA_INIT and not error.from_peer:
+                # Nothing protects an IKE_SA_INIT response, so a malformed one may be forged.
+                # Drop it and keep waiting for the real one. Error notifies still end the setup.
+                self.endpoint.count("dropped_invalid")
+                self.log(logging.INFO, "dropped IKE_SA_INIT response: %s", error)
+                return
             self._finish_request()
             level = logging.INFO if error.notify_type == TemporaryFailure.notify_type else logging.WARNING
             self.log(level, "%s failed: %s", exchange.describe(), error)

@@ -214,3 +214,20 @@ def test_injected_spi_allocator():
     network.run()
     assert allocated == [(LEFT[0], RIGHT[0])]
     assert list(left.ike_sa(left_id).children) == [0x1001]
+
+
+def test_forged_init_response_ignored():
+    network, left, right, left_id = connect(*psk_pair())
+    network.deliver(network.take())
+    genuine, = network.take()
+    # A forged response with an invalid KE value arrives first; the initiator keeps waiting.
+    message = Message.decode(genuine.data)
+    for payload in message.payloads:
+        if payload.payload_type == PayloadType.KE:
+            payload.data = bytes(32)
+    network.deliver([Packet(message.encode(), genuine.source, genuine.destination)])
+    assert left.stats["dropped_invalid"] == 1
+    assert left.ike_sa(left_id).state == IkeSaState.CONNECTING
+    network.deliver([genuine])
+    network.run()
+    assert any(isinstance(e, IkeSaEstablished) for e in left.events())

@@ -9,7 +9,7 @@ out, both peers must agree on every IKE SA and CHILD_SA.
 
 import random
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -190,3 +190,47 @@ def test_random_walk_seeded():
         generator.choice(rules)()
         machine.bookkeeping_consistent()
     machine.teardown()
+
+
+def _recorded_datagrams():
+    """Run a setup, a CHILD_SA rekey and an IKE SA rekey; return every datagram sent."""
+    left_config, right_config, _ = _configs()
+    network = Network()
+    left = network.add(LEFT[0], make_endpoint(seed=11))
+    right = network.add(RIGHT[0], make_endpoint([right_config], seed=12))
+    ike_sa = left.initiate(left_config, LEFT, RIGHT, 0.0)
+    network.run()
+    child = next(iter(left.ike_sa(ike_sa).children))
+    left.rekey_child(ike_sa, child, network.now)
+    network.run()
+    left.rekey_ike(ike_sa, network.now)
+    network.run()
+    return [(packet.data, packet.source, packet.destination) for packet in network.sent]
+
+
+RECORDED = _recorded_datagrams()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, len(RECORDED) - 1), st.lists(st.tuples(st.integers(0, 3000), st.integers(0, 255)), max_size=4),
+       st.integers(0, 60), st.booleans())
+def test_endpoint_survives_mutated_datagrams(index, changes, cut, to_right):
+    # Replay the recorded conversation up to `index` into fresh endpoints, then a mutated datagram.
+    left_config, right_config, _ = _configs()
+    left = make_endpoint(seed=11)
+    right = make_endpoint([right_config], seed=12)
+    left.initiate(left_config, LEFT, RIGHT, 0.0)
+    endpoints = {LEFT[0]: left, RIGHT[0]: right}
+    for data, source, destination in RECORDED[:index]:
+        endpoints[destination[0]].receive_datagram(data, destination, source, 0.0)
+    data, source, destination = RECORDED[index]
+    mutated = bytearray(data)
+    for position, value in changes:
+        if mutated:
+            mutated[position % len(mutated)] = value
+    mutated = bytes(mutated[: max(0, len(mutated) - cut)])
+    endpoints[destination[0]].receive_datagram(mutated, destination, source, 1.0)
+    endpoints[destination[0]].handle_timer(100.0)
+    for endpoint in endpoints.values():
+        endpoint.datagrams_to_send()
+        endpoint.events()
