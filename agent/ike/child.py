@@ -49,14 +49,13 @@ class ChildSa:
         "mode",
         "local_ts",
         "remote_ts",
-        "proposal",
         "state",
         "rekey_at",
         "peer_rekey",
     )
 
     def __init__(self, config: ChildConfig, reqid: int, spi_in: int, spi_out: int, mode: Mode,
-                 local_ts: tuple, remote_ts: tuple, proposal: Proposal):
+                 local_ts: tuple, remote_ts: tuple):
         self.config = config
         self.reqid = reqid
         self.spi_in = spi_in
@@ -64,7 +63,6 @@ class ChildSa:
         self.mode = mode
         self.local_ts = local_ts
         self.remote_ts = remote_ts
-        self.proposal = proposal
         self.state = ChildSaState.INSTALLED
         self.rekey_at: float | None = None
         # Set while this side's rekey is under way and the peer rekeyed the same CHILD_SA too
@@ -285,7 +283,7 @@ def establish(sa: "IkeSa", agreement: Agreement, spi_in: int, spi_out: int, *, i
     if reqid is None:
         reqid = sa.endpoint.next_reqid()
     child = ChildSa(agreement.config, reqid, spi_in, spi_out, agreement.mode, agreement.local_ts,
-                    agreement.remote_ts, proposal)
+                    agreement.remote_ts)
     info = ChildSaInfo(
         name=agreement.config.name,
         reqid=reqid,

@@ -102,7 +102,7 @@ def extension_notifies(sa: "IkeSa") -> list:
 
 
 def read_extensions(sa: "IkeSa", message: "Message") -> None:
-    """Record fragmentation support, the peer's signature hashes and whether it sent CERTREQ."""
+    """Record fragmentation support and the peer's signature hashes."""
     sa.fragmentation = sa.config.fragmentation and message.notify(NotifyType.IKEV2_FRAGMENTATION_SUPPORTED) is not None
     hashes = message.notify(NotifyType.SIGNATURE_HASH_ALGORITHMS)
     if hashes is not None:
@@ -111,7 +111,6 @@ def read_extensions(sa: "IkeSa", message: "Message") -> None:
         values = [_U16.unpack_from(hashes.data, i)[0] for i in range(0, len(hashes.data), 2)]
         # RFC 7427 §4: unknown hash algorithms are ignored.
         sa.setup.peer_hash_algorithms = tuple(HashAlgorithm(v) for v in values if v in HashAlgorithm._value2member_map_)
-    sa.setup.peer_certreq = message.get(PayloadType.CERTREQ) is not None
 
 
 def derive_keys(sa: "IkeSa", proposal: Proposal, dh, peer_public: bytes, nonce_i: bytes, nonce_r: bytes) -> None:

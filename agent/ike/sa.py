@@ -87,7 +87,6 @@ class Setup:
         "sk_pi",
         "sk_pr",
         "peer_hash_algorithms",
-        "peer_certreq",
     )
 
     def __init__(self) -> None:
@@ -98,7 +97,6 @@ class Setup:
         self.sk_pi = b""
         self.sk_pr = b""
         self.peer_hash_algorithms: tuple = ()
-        self.peer_certreq = False
 
 
 class IkeSa:
