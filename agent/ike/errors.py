@@ -169,4 +169,7 @@ def notify_name(notify_type: int) -> str:
 def peer_error(notify_type: int, notify_data: bytes = b"") -> ProtocolError:
     """Build the exception for an error notify received from the peer."""
     cls = ERROR_CLASSES.get(notify_type, UnknownErrorNotify)
-    return cls(f"peer sent {notify_name(notify_type)}", notify_data, from_peer=True)
+    error = cls(f"peer sent {notify_name(notify_type)}", notify_data, from_peer=True)
+    if cls is UnknownErrorNotify:
+        error.notify_type = notify_type  # reported in IkeSaFailed; an error from the peer is never answered
+    return error

@@ -434,3 +434,15 @@ def test_fuzz_mutated_encrypted_messages(positions, values, fragment):
         decode_fully(mutate(data, positions, values), responder)
     except ProtocolError:
         pass
+
+
+def test_peer_error_classes():
+    from agent.ike.errors import AuthenticationFailed, UnknownErrorNotify, peer_error
+
+    known = peer_error(NotifyType.AUTHENTICATION_FAILED)
+    assert isinstance(known, AuthenticationFailed)
+    assert known.from_peer
+    unknown = peer_error(9999, b"x")
+    assert isinstance(unknown, UnknownErrorNotify)
+    assert unknown.notify_type == 9999
+    assert unknown.notify_data == b"x"
