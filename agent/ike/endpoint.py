@@ -1,6 +1,6 @@
-"""The endpoint: the object a UDP driver talks to. It owns every IKE SA of this host.
+"""The endpoint: the object a UDP driver calls. It owns every IKE SA of this host.
 
-Driving it (aioquic style, no I/O inside):
+A driver uses it like this (aioquic style, with no I/O inside):
 
     endpoint = IkeEndpoint([config], random=os.urandom, wall_clock=lambda: datetime.now(timezone.utc))
     ike_sa = endpoint.initiate(config, local=("192.0.2.1", 500), remote=("198.51.100.1", 500), now=loop.time())

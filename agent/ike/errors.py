@@ -171,5 +171,5 @@ def peer_error(notify_type: int, notify_data: bytes = b"") -> ProtocolError:
     cls = ERROR_CLASSES.get(notify_type, UnknownErrorNotify)
     error = cls(f"peer sent {notify_name(notify_type)}", notify_data, from_peer=True)
     if cls is UnknownErrorNotify:
-        error.notify_type = notify_type  # reported in IkeSaFailed; an error from the peer is never answered
+        error.notify_type = notify_type  # for IkeSaFailed; no response is ever sent for a peer's error
     return error

@@ -292,7 +292,7 @@ class IkeSaInitResponder(Responder):
         from .sa import IkeSaState
 
         sa = self.sa
-        sa.setup.init_response = sa.response[0][0]
+        sa.setup.init_response = sa.response[0]
         sa.state = IkeSaState.HALF_OPEN
         sa.half_open_until = now + sa.endpoint.settings.half_open_timeout
 

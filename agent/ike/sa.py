@@ -46,8 +46,8 @@ class IkeSaState(enum.Enum):
     CLOSED = "closed"
 
 
-# Which requests of the peer each state processes; others are dropped and counted. IKE_SA_INIT
-# requests never reach an IKE SA because the endpoint responds to them (see endpoint.py).
+# Peer requests that each state processes. Others are dropped and counted. IKE_SA_INIT requests
+# never reach an IKE SA because the endpoint responds to them (see endpoint.py).
 ACCEPTED_REQUESTS: dict[IkeSaState, frozenset[int]] = {
     IkeSaState.CONNECTING: frozenset(),
     IkeSaState.HALF_OPEN: frozenset({ExchangeType.IKE_AUTH}),
@@ -192,7 +192,7 @@ class IkeSa:
         self.request: list[bytes] | None = None
         self.retransmits = 0
         self.retransmit_at: float | None = None
-        self.response: tuple[list[bytes], Address, Address] | None = None
+        self.response: list[bytes] | None = None  # the datagrams of the last response sent
         self.response_id = -1
         self.queue: list[Initiator] | None = None
         self.deferred: list[tuple[float, Initiator]] | None = None
@@ -272,11 +272,6 @@ class IkeSa:
         self.endpoint.mark_dirty(self)
         self.log(logging.DEBUG, "retrying %s in %.1f s", exchange.describe(), at - now)
 
-    def is_running(self, kind: str) -> bool:
-        """Tell whether this side's running or queued exchanges include one of `kind`."""
-        exchanges = ([self.active] if self.active else []) + (self.queue or [])
-        return any(getattr(exchange, "kind", None) == kind for exchange in exchanges)
-
     def _start_next(self, now: float) -> None:
         while self.active is None and self.queue and self.state != IkeSaState.CLOSED:
             exchange = self.queue.pop(0)
@@ -319,7 +314,7 @@ class IkeSa:
     def send_response(self, exchange_type: int, message_id: int, payloads: list[Payload], local: Address, remote: Address) -> None:
         """Send a response and keep it for retransmitted requests (RFC 7296 §2.1)."""
         datagrams = self._encode(exchange_type, message_id, payloads, response=True)
-        self.response = (datagrams, local, remote)
+        self.response = datagrams
         self.response_id = message_id
         self._transmit(datagrams, local, remote)
 
@@ -410,7 +405,7 @@ class IkeSa:
 
         if self.state == IkeSaState.HALF_OPEN and (local, remote) != (self.local, self.remote):
             # RFC 7296 §2.23: the initiator moved to the NAT-T port for IKE_AUTH, or a NAT
-            # changed its port. Follow it, now that the request proved authentic.
+            # changed its port. Follow it, now that the request passed the integrity check.
             self.local, self.remote = local, remote
         # TODO: without MOBIKE, RFC 7296 §2.23 also follows a NAT mapping change of an
         # established IKE SA; that needs an address-change event for the CHILD_SAs.
@@ -482,7 +477,7 @@ class IkeSa:
         except ProtocolError as error:
             self.endpoint.count("dropped_integrity" if error.notify_type is None else "dropped_invalid")
             return
-        datagrams = self.response[0]
+        datagrams = self.response
         self.endpoint.count("retransmitted_responses")
         self.log(logging.DEBUG, "request %d retransmitted, sending the cached response again", self.response_id)
         self._transmit(datagrams, local, remote)
