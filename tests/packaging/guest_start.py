@@ -115,8 +115,8 @@ def make_directories(root: Path, settings: dict[str, list[str]]) -> None:
                             "-g", user, f"/{base}/{name}"], check=True, timeout=30)
 
 
-def receive(notify: socket.socket, messages: list[str], wanted: str, timeout: float) -> bool:
-    """Collect notify messages until one line equals ``wanted``; False after ``timeout``."""
+def receive(notify: socket.socket, messages: list[str], expected: str, timeout: float) -> bool:
+    """Collect notify messages until one line equals ``expected``; False after ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         notify.settimeout(max(0.1, deadline - time.monotonic()))
@@ -125,7 +125,7 @@ def receive(notify: socket.socket, messages: list[str], wanted: str, timeout: fl
         except TimeoutError:
             break
         messages.extend(datagram.splitlines())
-        if wanted in datagram.splitlines():
+        if expected in datagram.splitlines():
             return True
     return False
 
