@@ -5,8 +5,8 @@ RMOBIKE_LAB=1 (set by ``python -m tests.lab.run``, in the VM or on an
 ESP-capable host) or when this host's kernel has ESP; elsewhere they are
 skipped with a pointer to the lab. Inside the lab a skipped lab test is an
 error, so a run cannot pass while tests quietly did not run. So is a module
-skipped at import (pytest.importorskip), because its lab tests cannot be told
-apart from its other tests before it is imported.
+skipped at import (pytest.importorskip), because its lab tests cannot be
+distinguished from its other tests before it is imported.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Delete lab namespaces that this process created and did not delete, and say so."""
+    """Delete lab namespaces that this process created and left behind, with a warning."""
     netns_dir = Path("/run/netns")
     if not netns_dir.is_dir():
         return

@@ -10,36 +10,49 @@ import pytest
 from tests.lab.capture import CleartextCapture
 from tests.lab.netns import Namespace
 from tests.lab.topology import GatewaySpec, LabSpec, Topology
-from tests.lab.traffic import Probe, lan_probe
+from tests.lab.traffic import Probe, ProbeReport, lan_probe
 
 pytestmark = pytest.mark.lab
 
 ONE_UPLINK = LabSpec(gateways=(GatewaySpec(uplinks=1), GatewaySpec(uplinks=1)))
 
+# Probes around events run "until stopped": commands take long and vary under
+# QEMU TCG, so the test stops the probe a while after the event has ended.
+UNTIL_STOPPED = 120.0  # seconds, the bound if a test never gets to stop()
+SETTLE = 1.0  # seconds of traffic before an event and after it ends
+
 # A fixed test key for a hand-made tunnel: 16 bytes of AES key and 4 of salt.
 TEST_KEY = "0x" + "0123456789abcdef" * 2 + "01234567"
+
+
+def _recovered(report: ProbeReport) -> bool:
+    """Return True if datagrams arrived again after the longest gap."""
+    gap_end_ms = report.max_gap_start_ms + report.max_gap_ms
+    return any(arrival_ms >= gap_end_ms for arrival_ms in report.receive_times_ms)
 
 
 def test_probe_gap_spans_link_down(build_lab) -> None:
     topology: Topology = build_lab(ONE_UPLINK)
     topology.route_lans_in_clear()
     uplink = topology.uplink("gw2", 0)  # the router's only way to LAN 2
-    probe = lan_probe(topology, "gw1", "gw2", duration=6.0)
+    probe = lan_probe(topology, "gw1", "gw2", duration=UNTIL_STOPPED)
 
     probe.start()
-    time.sleep(1.5)
+    time.sleep(SETTLE)
     topology.link_down(uplink)
     down_at = time.time()  # the link is down from here on, at the latest
     time.sleep(1.0)
     up_requested_at = time.time()  # and stays down until here, at least
     topology.link_up(uplink)
-    report = probe.wait()
+    time.sleep(SETTLE)
+    report = probe.stop()
 
     gap_start, gap_end = report.max_gap_interval()
     assert report.lost > 0, report.summary()
     assert report.received > 0, report.summary()
     assert gap_start <= down_at, report.summary()
     assert gap_end >= up_requested_at, report.summary()
+    assert _recovered(report), report.summary()
     assert report.send_errors == 0, report.summary()
 
 
@@ -71,15 +84,16 @@ def test_blackhole_drops_without_events(lab_topology: Topology) -> None:
     gw1, gw2 = lab_topology.gateway("gw1"), lab_topology.gateway("gw2")
     monitors = [_start_monitor(gw1.namespace), _start_monitor(gw2.namespace)]
     try:
-        probe = lan_probe(lab_topology, "gw1", "gw2", duration=5.0)
+        probe = lan_probe(lab_topology, "gw1", "gw2", duration=UNTIL_STOPPED)
         probe.start()
-        time.sleep(1.0)
+        time.sleep(SETTLE)
         blackhole = lab_topology.blackhole(gw2.uplinks[0])
         dropping_from = time.time()
-        time.sleep(1.5)
+        time.sleep(1.0)
         dropping_until = time.time()
         lab_topology.remove_blackhole(blackhole)
-        report = probe.wait()
+        time.sleep(SETTLE)
+        report = probe.stop()
 
         # A real event on up1 afterwards shows that the monitors were listening.
         lab_topology.add_address(gw1.uplinks[1], "198.51.100.20/26")
@@ -91,6 +105,7 @@ def test_blackhole_drops_without_events(lab_topology: Topology) -> None:
     gap_start, gap_end = report.max_gap_interval()
     assert gap_start <= dropping_from, report.summary()
     assert gap_end >= dropping_until, report.summary()
+    assert _recovered(report), report.summary()
     assert report.lost > 0, report.summary()
     assert "198.51.100.20" in outputs[0]
     assert "198.51.100.80" in outputs[1]
@@ -175,18 +190,20 @@ def test_capture_ignores_esp_tunnel(lab_topology: Topology) -> None:
 def test_blackhole_between_uplinks_stops_tunnel(lab_topology: Topology) -> None:
     _install_tunnel(lab_topology)
     uplink, peer = lab_topology.uplink("gw1", 0), lab_topology.uplink("gw2", 0)
-    probe = lan_probe(lab_topology, "gw1", "gw2", duration=4.0)
+    probe = lan_probe(lab_topology, "gw1", "gw2", duration=UNTIL_STOPPED)
 
     probe.start()
-    time.sleep(1.0)
+    time.sleep(SETTLE)
     blackhole = lab_topology.blackhole(uplink, peer)
     dropping_from = time.time()
     time.sleep(1.0)
     dropping_until = time.time()
     lab_topology.remove_blackhole(blackhole)
-    report = probe.wait()
+    time.sleep(SETTLE)
+    report = probe.stop()
 
     gap_start, gap_end = report.max_gap_interval()
     assert report.lost > 0, report.summary()
     assert gap_start <= dropping_from, report.summary()
     assert gap_end >= dropping_until, report.summary()
+    assert _recovered(report), report.summary()

@@ -145,8 +145,8 @@ class CleartextCapture:
     def _wait_listening(self, namespace: Namespace, interface: str,
                         process: subprocess.Popen) -> None:
         # tcpdump writes "listening on <interface>, ..." to stderr once it
-        # captures. Raw reads, because a buffered reader could take that line
-        # into its buffer where select() no longer sees it.
+        # captures. It is read raw, because a buffered reader could take that line
+        # into its buffer where select() no longer reports it.
         assert process.stderr is not None
         descriptor = process.stderr.fileno()
         output = b""

@@ -9,7 +9,7 @@ namespaces and veth pairs. The standard lab (``LabSpec()``) is::
 Each uplink is its own subnet: a veth pair from the gateway to a bridge in the
 router namespace that carries the router's address. Taking the gateway end
 down therefore changes nothing that the other gateway can see, and the router
-keeps routing into the dead link, as an ISP's router would. The router knows
+keeps routing into the dead link, as an ISP's router would. The router has
 no LAN routes, so LAN traffic only crosses it inside tunnels, unless a test
 calls ``route_lans_in_clear()``.
 
@@ -35,7 +35,6 @@ import contextlib
 import ipaddress
 import itertools
 import logging
-import re
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -218,7 +217,7 @@ class Gateway:
 class BlackHole:
     """nftables rules in the router that silently drop one path's packets."""
 
-    handles: list[int]
+    table: str  # the inet table in the router that contains the rules
     description: str
 
 
@@ -231,7 +230,7 @@ class Topology:
         self.gateways: list[Gateway] = []
         self.namespaces: list[Namespace] = [router]
         self._cleanups: list[Callable[[], None]] = []
-        self._blackhole_table = False
+        self._blackhole_numbers = itertools.count()
         self.closed = False
 
     def __enter__(self) -> Topology:
@@ -355,33 +354,24 @@ class Topology:
         still pass, as when an ISP's network fails behind its first router.
         Undo it with ``remove_blackhole``.
         """
-        if not self._blackhole_table:
-            self.router.run(["nft", "add table inet rmb_blackhole; "
-                             "add chain inet rmb_blackhole forward "
-                             "{ type filter hook forward priority -10; }"])
-            self._blackhole_table = True
+        # Each black hole is its own nftables table, so adding or removing one
+        # is a single atomic nft transaction.
+        table = f"rmb_blackhole{next(self._blackhole_numbers)}"
+        rules = "".join(f"add rule inet {table} forward {match} drop\n"
+                        for match in _blackhole_matches(uplink, peer))
+        self.router.run(["nft", "-f", "-"], input=(
+            f"add table inet {table}\n"
+            f"add chain inet {table} forward {{ type filter hook forward priority -10; }}\n"
+            f"{rules}"))
 
-        matches = _blackhole_matches(uplink, peer)
-        handles = [self._add_drop_rule(match) for match in matches]
         description = uplink.name if peer is None else f"{uplink.name} <-> {peer.name}"
         log.info("black hole: %s", description)
-        return BlackHole(handles=handles, description=description)
+        return BlackHole(table=table, description=description)
 
     def remove_blackhole(self, blackhole: BlackHole) -> None:
         """Delete the router's drop rules of ``blackhole``, so its path forwards again."""
         log.info("black hole removed: %s", blackhole.description)
-        commands = "; ".join(f"delete rule inet rmb_blackhole forward handle {handle}"
-                             for handle in blackhole.handles)
-        self.router.run(["nft", commands])
-
-    def _add_drop_rule(self, match: str) -> int:
-        # nft -e -a echoes the new rule with "# handle N", which delete needs.
-        result = self.router.run(["nft", "-e", "-a",
-                                  f"add rule inet rmb_blackhole forward {match} drop"])
-        found = re.search(r"# handle (\d+)", result.stdout)
-        if found is None:
-            raise RuntimeError(f"nft printed no rule handle for {match!r}: {result.stdout!r}")
-        return int(found.group(1))
+        self.router.run(["nft", "delete", "table", "inet", blackhole.table])
 
 
 def _blackhole_matches(uplink: Uplink, peer: Uplink | None) -> list[str]:

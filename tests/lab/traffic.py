@@ -51,10 +51,10 @@ class ProbeReport:
     received: int  # distinct sequence numbers that arrived
     lost: int
     duplicates: int
-    max_gap_ms: float  # longest time without an arrival, between first and last send
+    max_gap_ms: float  # maximum time without an arrival, between first and last send
     max_gap_start_ms: float  # when that gap began
     send_errors: int  # sendto() failures, counted in sent and lost
-    max_send_gap_ms: float  # the sender's longest pause, to tell stalls from outages
+    max_send_gap_ms: float  # the sender's maximum pause, to tell stalls from outages
     first_send_ns: int = 0  # CLOCK_REALTIME of the first datagram, as time.time_ns()
     receive_times_ms: list[float] = field(default_factory=list)  # per arrival, in order
     sources: list[str] = field(default_factory=list)  # source addresses seen
