@@ -76,7 +76,7 @@ class XfrmClient(XfrmApi):
         reply_type, decode = expected
         for msg_type, body in response.replies:
             if msg_type == reply_type:
-                return decode(body)
+                return decode(body) if getattr(request, "decode", True) else None
         return XfrmError(request.describe(), errno_codes.EIO,
                          message=f"{request.describe()}: the kernel sent no data")
 

@@ -341,11 +341,11 @@ class FakeXfrm(XfrmApi):
             existing.sa = old.replace(lifetime=sa.lifetime, encap=sa.encap)
         self.emit(ev.SaUpdated(self._lookup_sa(sa.id).snapshot()))
 
-    def _op_GetSa(self, request: ops.GetSa) -> SecurityAssociation:
+    def _op_GetSa(self, request: ops.GetSa) -> SecurityAssociation | None:
         entry = self._lookup_sa(request.id)
         if entry is None:
             raise self._error(request, errno_codes.ESRCH)
-        return entry.snapshot()
+        return entry.snapshot() if request.decode else None
 
     def _op_DeleteSa(self, request: ops.DeleteSa) -> None:
         entry = self._lookup_sa(request.id)

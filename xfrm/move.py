@@ -263,7 +263,7 @@ class _Mover:
                     owners.append(chunk)
                     migrated += [i for i in chunk if i not in migrated]
         for i in migrated:
-            requests.append(ops.GetSa(self.moves[i].moved.id))
+            requests.append(ops.GetSa(self.moves[i].moved.id, decode=False))
             owners.append([i])
 
         results = self.api.execute(requests)

@@ -41,9 +41,14 @@ class AddSa:
 
 @dataclass(frozen=True)
 class GetSa:
-    """XFRM_MSG_GETSA; the result is a SecurityAssociation."""
+    """XFRM_MSG_GETSA; the result is a SecurityAssociation, or None if ``decode`` is off.
+
+    Without decoding, the request only checks that the SA exists, which is
+    cheaper for thousands of SAs.
+    """
 
     id: SaId
+    decode: bool = True
     target = "sa"
 
     def describe(self) -> str:

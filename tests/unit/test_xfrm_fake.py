@@ -524,3 +524,13 @@ def test_request_that_cannot_be_encoded_runs_nothing(fake: FakeXfrm) -> None:
         fake.execute([ops.AddSa(out_sa), ops.AddSa(bad)])
 
     assert fake.dump_sas() == []
+
+
+def test_get_sa_without_decoding_checks_existence(fake: FakeXfrm) -> None:
+    out_sa, _, _ = install(fake)
+
+    found = fake.run(ops.GetSa(out_sa.id, decode=False))
+
+    assert found is None
+    with pytest.raises(SaNotFound):
+        fake.run(ops.GetSa(SaId(REMOTE, 0x77), decode=False))
