@@ -23,6 +23,7 @@ from tests.packaging import guest_start, roots
 pytestmark = pytest.mark.packaging
 
 VM_TIMEOUT = 900.0  # seconds for the whole VM run, boot included
+LOCK_TIMEOUT = 1800.0  # seconds to wait for another lab VM to finish first
 SUITE = "bookworm"
 
 
@@ -50,7 +51,8 @@ def _guest_result(output: str) -> dict:
 def test_daemon_starts_and_answers_status(lab_root: roots.Root) -> None:
     script = Path(guest_start.__file__).resolve()
     returncode, output = vm.run_in_vm(f"/usr/bin/python3 {script} {lab_root.path}",
-                                      timeout=VM_TIMEOUT, echo=None)
+                                      timeout=VM_TIMEOUT, echo=None,
+                                      lock_timeout=LOCK_TIMEOUT)
     result = _guest_result(output)
     log = "\n".join(result.get("log_tail", []))
 
