@@ -12,7 +12,7 @@ import hashlib
 import ipaddress
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -166,6 +166,21 @@ class IkeConfig:
     unfragmented once both sides announced IKEV2_FRAGMENTATION_SUPPORTED (RFC 7383).
     Retransmissions wait `retransmit_timeout * retransmit_base ** n` seconds after the n-th
     send; after `retransmit_tries` retransmissions the peer counts as dead.
+
+    Mobility (MOBIKE, SWITCH_TO_IP_ADDRESS, redirect), times in seconds:
+    - `switch_min_interval`: as original initiator, follow at most one SWITCH_TO_IP_ADDRESS per
+      interval; requests that come sooner are answered but not followed.
+    - `switch_allowed`: addresses the peer may switch to, as prefixes or a predicate on the
+      address string. None applies `remote_addrs` (any address when that is empty).
+    - `switch_timeout`: as original responder, how long a switch may wait for the peer's update.
+    - `switch_fallback_delay`: as original responder towards a peer without the switch flag,
+      how long to wait after the address list update before sending REDIRECT (RFC 5685).
+    - `return_routability`: send COOKIE2 with each address update (RFC 4555 §3.7).
+    - `no_nats_allowed`: send NO_NATS_ALLOWED, so that the peer rejects paths through a NAT
+      (RFC 4555 §3.9).
+    - `path_suspect_after`: a request unanswered this long makes the path suspect (event
+      `PathSuspect`, and probing when the driver gave candidates); None disables it.
+    - `accept_redirect`: as initiator, send REDIRECT_SUPPORTED and follow REDIRECT (RFC 5685).
     """
 
     name: str
@@ -184,6 +199,15 @@ class IkeConfig:
     remote_addrs: tuple[str, ...] = ()
     mobike: bool = True
     accept_switch: bool = True  # as original initiator, offer SWITCH_TO_IP_ADDRESS in MOBIKE_SUPPORTED
+    # Mobility settings; see the class docstring.
+    switch_min_interval: float = 1.0
+    switch_allowed: tuple[str, ...] | Callable[[str], bool] | None = None
+    switch_timeout: float = 30.0
+    switch_fallback_delay: float = 2.0
+    return_routability: bool = True
+    no_nats_allowed: bool = False
+    path_suspect_after: float | None = 1.0
+    accept_redirect: bool = True
     fragmentation: bool = True
     fragment_size: int = 1200
     retransmit_timeout: float = 4.0
@@ -205,6 +229,12 @@ class IkeConfig:
         _check_positive("rekey_time", self.rekey_time)
         if self.retransmit_base < 1:
             raise ValueError(f"retransmit_base must be at least 1, got {self.retransmit_base}")
+        if self.switch_min_interval < 0:
+            raise ValueError(f"switch_min_interval must not be negative, got {self.switch_min_interval}")
+        _check_positive("switch_timeout", self.switch_timeout)
+        _check_positive("switch_fallback_delay", self.switch_fallback_delay)
+        _check_positive("path_suspect_after", self.path_suspect_after)
+        self.switch_networks
         self.ike_transforms  # parse now so that a typo fails here
         self.local_networks
         self.remote_networks
@@ -245,6 +275,21 @@ class IkeConfig:
     @cached_property
     def remote_networks(self) -> tuple:
         return tuple(ipaddress.ip_network(a, strict=False) for a in self.remote_addrs)
+
+    @cached_property
+    def switch_networks(self) -> tuple:
+        """`switch_allowed` as networks, or () when it is None or a predicate."""
+        if self.switch_allowed is None or callable(self.switch_allowed):
+            return ()
+        return tuple(ipaddress.ip_network(a, strict=False) for a in self.switch_allowed)
+
+    def accepts_switch_to(self, host: str) -> bool:
+        """Tell whether the peer may move this IKE SA to its address `host` (policy only)."""
+        if callable(self.switch_allowed):
+            return bool(self.switch_allowed(host))
+        if self.switch_allowed is not None:
+            return _address_in(host, self.switch_networks) if self.switch_networks else False
+        return _address_in(host, self.remote_networks)
 
     @cached_property
     def ca_key_hashes(self) -> bytes:
@@ -294,3 +339,10 @@ class EndpointSettings:
     half_open_timeout: float = 30.0
     cookie_secret_lifetime: float = 300.0
     retry_delay: float = 2.0  # base delay before retrying after TEMPORARY_FAILURE, plus up to the same again
+    # Notify type of SWITCH_TO_IP_ADDRESS; both peers must use the same private-use value.
+    switch_notify_type: int = 40980
+
+    def __post_init__(self) -> None:
+        if not 40960 <= self.switch_notify_type <= 65535:
+            raise ValueError(f"switch_notify_type {self.switch_notify_type} is outside the private-use "
+                             "status range 40960-65535 (RFC 7296 §3.10.1)")

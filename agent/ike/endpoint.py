@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import hmac
+import ipaddress
 import itertools
 import logging
 import struct
@@ -30,7 +31,8 @@ from collections import Counter, deque
 from datetime import datetime
 from typing import Callable, Iterable
 
-from . import create_child_sa, ike_auth, informational  # noqa: F401  (register the responders)
+# Import order matters: responders registered later are tried first (exchange.register_responder).
+from . import create_child_sa, ike_auth, informational, mobike, switch, redirect  # noqa: F401  (register the responders)
 from .child import ChildSa, ChildSaState
 from .config import AuthKind, ChildConfig, EndpointSettings, IkeConfig, Identity
 from .constants import NON_ESP_MARKER, ExchangeType, HeaderFlag, NotifyType, PayloadType
@@ -90,6 +92,9 @@ class IkeEndpoint:
         self._cookie_secrets: list[bytes] = []  # newest last; index = version % 2**16
         self._cookie_version = -1
         self._cookie_rotate_at = 0.0
+        # This host's addresses for MOBIKE address lists, None until the driver gives them.
+        self.local_addresses: tuple[str, ...] | None = None
+        self._redirects: dict[int, int] = {}  # IKE SA set up after a REDIRECT -> the one it replaces
 
     # --- driver API: data in and out -------------------------------------------------------------
 
@@ -149,15 +154,19 @@ class IkeEndpoint:
 
     # --- driver API: commands ----------------------------------------------------------------
 
-    def initiate(self, config: IkeConfig, local: Address, remote: Address, now: float) -> int:
+    def initiate(self, config: IkeConfig, local: Address, remote: Address, now: float, *,
+                 redirected_from: str | None = None) -> int:
         """Start an IKE SA with the config's first CHILD_SA (the others follow by CREATE_CHILD_SA).
 
         Return the IKE SA's unique id, which events and the other commands use.
+        `redirected_from` names the gateway that redirected this connection here (RFC 5685).
         """
         if self.wall_clock is None and config.peer_auth == AuthKind.PUBKEY:
             raise ValueError(f"connection {config.name!r} checks certificates, so the endpoint needs a wall_clock")
         sa = IkeSa(self, config, initiator=True, local=local, remote=remote, spi_i=self.new_ike_spi(),
                    state=IkeSaState.CONNECTING)
+        if redirected_from is not None:
+            mobike.state(sa).redirected_from = redirected_from
         self._register(sa)
         self._index_peer(sa, config.remote_id)
         _log(sa, logging.INFO, "initiating IKE SA from %s:%d", local[0], local[1])
@@ -209,6 +218,50 @@ class IkeEndpoint:
 
         sa = self._established(ike_sa)
         sa.start(LivenessInitiator(sa), now)
+        self._flush_timers()
+
+    # --- driver API: mobility (mobike.py, switch.py) -----------------------------------------------
+
+    def update_local_addresses(self, ike_sa: int | None, addresses: Iterable[str] | None, now: float) -> None:
+        """Set this host's usable addresses; MOBIKE IKE SAs announce a changed list (RFC 4555 §3.6).
+
+        With `ike_sa` None the list applies to every IKE SA without a list of its own, and to
+        new ones. A list for one IKE SA overrides it there; None removes that override.
+        """
+        if ike_sa is not None:
+            mobike.update_local_addresses(self.ike_sa(ike_sa), addresses, now)
+            self._flush_timers()
+            return
+        before = {sa: mobike.local_address_list(sa) for sa in self._by_id.values() if sa.mobike}
+        self.local_addresses = None if addresses is None else tuple(str(ipaddress.ip_address(a)) for a in addresses)
+        for sa, addresses_before in before.items():
+            mobike.announce_if_changed(sa, addresses_before, now)
+        self._flush_timers()
+
+    def change_path(self, ike_sa: int, local: str, remote: str, now: float, reason: str = "") -> None:
+        """Move the IKE SA to the path `local` -> `remote` now (original initiator only).
+
+        The update goes out from the new path at once, and a request already outstanding is sent
+        there too. Raises ValueError when this side cannot move the IKE SA.
+        """
+        mobike.change_path(self._established(ike_sa), local, remote, now, reason)
+        self._flush_timers()
+
+    def probe_paths(self, ike_sa: int, candidates: Iterable[tuple[str, str]], now: float) -> None:
+        """Send on all (local, remote) candidate paths and move to the first that answers."""
+        mobike.probe_paths(self._established(ike_sa), candidates, now)
+        self._flush_timers()
+
+    def set_path_candidates(self, ike_sa: int, candidates: Iterable[tuple[str, str]]) -> None:
+        """Give the ranked (local, remote) pairs to probe when the current path falls silent."""
+        mobike.set_candidates(self.ike_sa(ike_sa), candidates)
+
+    def switch_to(self, ike_sa: int, local: str, now: float, reason: str = "") -> None:
+        """Move the IKE SA to this host's address `local`, in either role (see switch.py).
+
+        As original responder this emits `PrepareInbound` before the request leaves.
+        """
+        switch.switch_to(self._established(ike_sa), local, now, reason)
         self._flush_timers()
 
     # --- inspection ----------------------------------------------------------------------------
@@ -283,11 +336,40 @@ class IkeEndpoint:
         peers = self._by_peer.get((sa.config.name, sa.config.remote_id))
         return bool(peers) and (len(peers) > 1 or sa not in peers)
 
-    def established(self, sa: IkeSa) -> None:
-        """Note that a half-open IKE SA completed IKE_AUTH."""
+    def established(self, sa: IkeSa, now: float) -> None:
+        """Note that an IKE SA completed IKE_AUTH; an IKE SA that a redirect replaced goes now."""
         self._forget_half_open(sa)
         if not sa.initiator:
             self._index_peer(sa, sa.remote_identity)
+        replaced = self._by_id.get(self._redirects.pop(sa.unique_id, 0))
+        if replaced is not None and replaced.state == IkeSaState.ESTABLISHED:
+            from .informational import DeleteIkeInitiator
+
+            _log(replaced, logging.INFO, "IKE SA %s replaces it after the redirect, deleting it", sa.tag)
+            replaced.start(DeleteIkeInitiator(replaced), now)
+
+    def follow_redirect(self, sa: IkeSa, gateway: str, now: float) -> None:
+        """Set up a new IKE SA with `gateway` after a REDIRECT (RFC 5685); the old one goes later."""
+        from .events import IkeSaRedirected
+        from .redirect import MAX_REDIRECTS
+
+        count = mobike.state(sa).redirect_count + 1
+        if count > MAX_REDIRECTS:
+            _log(sa, logging.WARNING, "not following the redirect to %s: %d redirects in a row", gateway, count - 1)
+            return
+        new_id = None
+        try:
+            same_family = ipaddress.ip_address(gateway).version == ipaddress.ip_address(sa.local[0]).version
+        except ValueError:
+            same_family = False  # an FQDN: the driver resolves it
+        if same_family:
+            port = self.settings.ike_port
+            new_id = self.initiate(sa.config, (sa.local[0], port), (gateway, port), now, redirected_from=sa.remote[0])
+            mobike.state(self._by_id[new_id]).redirect_count = count
+            self._redirects[new_id] = sa.unique_id
+        _log(sa, logging.INFO, "peer redirects this IKE SA to %s%s", gateway,
+             f", IKE SA {new_id} started" if new_id is not None else ", left to the driver")
+        self.emit(IkeSaRedirected(sa.unique_id, sa.name, gateway, new_id))
 
     def initial_contact(self, sa: IkeSa, now: float) -> None:
         """Close the other IKE SAs with this peer: it lost its state (RFC 7296 §2.4)."""
@@ -330,6 +412,8 @@ class IkeEndpoint:
         for name in ("nat_local", "nat_remote", "mobike", "peer_accepts_switch", "mobike_initiator", "fragmentation",
                      "local_identity", "remote_identity"):
             setattr(new, name, getattr(old, name))
+        if old.mobility is not None:
+            new.mobility = old.mobility.inherit()
         new.schedule_rekey(now)
         self._register(new)
         self._index_peer(new, old.config.remote_id if new.initiator else new.remote_identity)

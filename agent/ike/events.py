@@ -156,6 +156,116 @@ class ChildSaFailed:
     notify: NotifyType | int | None = None
 
 
+# --- mobility: MOBIKE (RFC 4555), SWITCH_TO_IP_ADDRESS and redirect (RFC 5685) ---------------
+
+
+@dataclass(frozen=True, slots=True)
+class IkeSaAddressesChanged:
+    """The IKE SA moved: move every CHILD_SA of `ike_sa` to these outer addresses (RFC 4555 §3.5).
+
+    SPIs, keys and ESP sequence numbers stay as they are. Outbound ESP goes from `local` to
+    `remote`; with `udp_encap` it is UDP-encapsulated between `local[1]` and `remote[1]` (RFC
+    3948), without it plain ESP. The address family may change. `spis` lists the (inbound,
+    outbound) SPI pair of every CHILD_SA concerned.
+    """
+
+    ike_sa: int
+    name: str
+    local: Address
+    remote: Address
+    udp_encap: bool
+    old_local: Address
+    old_remote: Address
+    spis: tuple[tuple[int, int], ...]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PathSuspect:
+    """A request on the current path got no response for `silent_for` seconds.
+
+    The retransmissions go on; the driver may offer other paths (`IkeEndpoint.probe_paths`). When
+    the driver gave candidates with `set_path_candidates`, the MOBIKE initiator already probes them.
+    """
+
+    ike_sa: int
+    name: str
+    local: Address
+    remote: Address
+    silent_for: float
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAddressesChanged:
+    """The peer's list of additional addresses (RFC 4555 §3.4, §3.6); empty after NO_ADDITIONAL_ADDRESSES."""
+
+    ike_sa: int
+    name: str
+    remote: Address
+    addresses: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PrepareInbound:
+    """This side, the original responder, is about to ask the peer to move to `local`.
+
+    Emitted before the request leaves. The driver installs inbound state for `local` (the
+    CHILD_SAs' inbound SAs with `local` as destination) before it sends the datagrams returned
+    after this event, so that ESP arriving at `local` is never dropped. `SwitchFailed` or an
+    `IkeSaAddressesChanged` to another address tells it to remove that state again.
+    """
+
+    ike_sa: int
+    name: str
+    local: Address
+    remote: Address
+    spis: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchFailed:
+    """A switch of this side (the original responder) to `local` did not happen."""
+
+    ike_sa: int
+    name: str
+    local: Address
+    reason: str
+    notify: NotifyType | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PathUpdateFailed:
+    """The peer rejected this side's UPDATE_SA_ADDRESSES from `local` to `remote`.
+
+    The IKE SA and its CHILD_SAs stay on `kept_local` and `kept_remote`, the last path the peer
+    confirmed. The driver may try another path.
+    """
+
+    ike_sa: int
+    name: str
+    local: Address
+    remote: Address
+    kept_local: Address
+    kept_remote: Address
+    reason: str
+    notify: NotifyType | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IkeSaRedirected:
+    """The peer redirected this IKE SA to `gateway` (RFC 5685 §5).
+
+    With an IP address the core has started `new_ike_sa` towards it and deletes `ike_sa` once
+    that one is established. A gateway given as FQDN gets `new_ike_sa` None: the driver resolves
+    the name and initiates itself.
+    """
+
+    ike_sa: int
+    name: str
+    gateway: str
+    new_ike_sa: int | None
+
+
 Event = (
     IkeSaEstablished
     | IkeSaRekeyed
@@ -165,4 +275,11 @@ Event = (
     | ChildSaRekeyed
     | ChildSaDeleted
     | ChildSaFailed
+    | IkeSaAddressesChanged
+    | PathSuspect
+    | PeerAddressesChanged
+    | PrepareInbound
+    | SwitchFailed
+    | PathUpdateFailed
+    | IkeSaRedirected
 )

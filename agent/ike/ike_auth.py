@@ -33,6 +33,8 @@ from .errors import AuthenticationFailed, ProtocolError
 from .events import ChildSaFailed, ChildSaReady, IkeSaEstablished
 from .exchange import Initiator, Responder, always, register_responder
 from .ike_sa_init import raise_peer_errors
+from .mobike import address_notifies, check_no_nats, policy_notifies, read_address_list
+from .mobike import established as start_mobike
 from .payloads import Authentication, Certificate, CertificateRequest, Identification, Notify
 
 if TYPE_CHECKING:
@@ -137,7 +139,7 @@ def _mark_established(sa: "IkeSa", now: float) -> None:
     sa.state = IkeSaState.ESTABLISHED
     sa.half_open_until = None
     sa.schedule_rekey(now)
-    sa.endpoint.established(sa)
+    sa.endpoint.established(sa, now)
     if logger.isEnabledFor(logging.INFO):
         _log(sa, logging.INFO, "IKE SA established with %s (%s), NAT local %s remote %s, MOBIKE %s", sa.remote_identity,
                _describe_proposal(sa.ike_proposal), sa.nat_local, sa.nat_remote, sa.mobike)
@@ -205,6 +207,7 @@ class IkeAuthInitiator(Initiator):
         if config.mobike:
             flags = bytes((MOBIKE_FLAG_SWITCH_ACCEPTED,)) if config.accept_switch else b""
             payloads.append(Notify(NotifyType.MOBIKE_SUPPORTED, flags))
+            payloads += address_notifies(sa) + policy_notifies(sa)  # RFC 4555 §3.4, §3.9
         if self.child_config is not None:
             self.child_spi = sa.endpoint.allocate_spi(sa.local[0], sa.remote[0])
             payloads += offer_payloads(self.child_config, self.child_spi, self.child_config.esp_transforms_without_dh)
@@ -218,7 +221,10 @@ class IkeAuthInitiator(Initiator):
         _verify_peer(sa, sa.config, message, idr, _signed_octets(sa, False, idr))
         sa.remote_identity = Identity(idr.id_type, idr.data)
         sa.mobike = sa.config.mobike and message.notify(NotifyType.MOBIKE_SUPPORTED) is not None
+        peer_addresses = read_address_list(message) if sa.mobike else None
         _mark_established(sa, now)
+        if sa.mobike:
+            start_mobike(sa, peer_addresses)
         self._first_child(message, now)
         sa.setup = None
 
@@ -267,13 +273,14 @@ class IkeAuthInitiator(Initiator):
 
 class IkeAuthResponder(Responder):
     kind = "ike-auth"
-    __slots__ = ("child", "child_error", "initial_contact")
+    __slots__ = ("child", "child_error", "initial_contact", "peer_addresses")
 
     def __init__(self, sa: "IkeSa"):
         super().__init__(sa)
         self.child = None
         self.child_error: ProtocolError | None = None
         self.initial_contact = False
+        self.peer_addresses: tuple[str, ...] | None = None
 
     def process_request(self, message: "Message", now: float) -> list:
         sa = self.sa
@@ -291,6 +298,8 @@ class IkeAuthResponder(Responder):
         if config.mobike and mobike is not None:
             sa.mobike = True
             sa.peer_accepts_switch = bool(mobike.data) and bool(mobike.data[0] & MOBIKE_FLAG_SWITCH_ACCEPTED)
+            check_no_nats(message, *sa.received_on)  # RFC 4555 §3.9
+            self.peer_addresses = read_address_list(message)
 
         own_id = _id_payload(PayloadType.IDr, config.local_id)
         payloads: list = [own_id]
@@ -299,6 +308,7 @@ class IkeAuthResponder(Responder):
         payloads.append(_auth_payload(sa, _signed_octets(sa, False, own_id)))
         if sa.mobike:
             payloads.append(Notify(NotifyType.MOBIKE_SUPPORTED))
+            payloads += address_notifies(sa)
         payloads += self._first_child(message)
         return payloads
 
@@ -319,6 +329,8 @@ class IkeAuthResponder(Responder):
     def response_sent(self, now: float) -> None:
         sa = self.sa
         _mark_established(sa, now)
+        if sa.mobike:
+            start_mobike(sa, self.peer_addresses)
         if self.initial_contact:
             sa.endpoint.initial_contact(sa, now)
         if self.child is not None:

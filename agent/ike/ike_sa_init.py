@@ -176,6 +176,10 @@ class IkeSaInitInitiator(Initiator):
         ]
         payloads += natd_payloads(sa.spi_i, bytes(8), sa.local, sa.remote)
         payloads += extension_notifies(sa)
+
+        from .redirect import init_request_notifies
+
+        payloads += init_request_notifies(sa)  # REDIRECT_SUPPORTED, RFC 5685
         return payloads
 
     def process_response(self, message: "Message", now: float) -> bool:
@@ -276,6 +280,10 @@ class IkeSaInitResponder(Responder):
         sa.setup.init_request = message.raw
         detect_nat(sa, message, bytes(8))
         read_extensions(sa, message)
+
+        from .redirect import read_init_request
+
+        read_init_request(sa, message)
 
         payloads: list = [
             SecurityAssociation([Proposal(proposal.number, ProtocolId.IKE, b"", proposal.transforms)]),

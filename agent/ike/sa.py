@@ -144,6 +144,9 @@ class IkeSa:
         "predecessor",
         "peer_deleted_spis",
         "timer_at",
+        "mobility",
+        "received_on",
+        "response_to",
     )
 
     def __init__(
@@ -212,6 +215,13 @@ class IkeSa:
         self.predecessor: IkeSa | None = None
         self.peer_deleted_spis: list[int] | None = None
         self.timer_at: float | None = None
+
+        # MOBIKE, SWITCH_TO_IP_ADDRESS and redirect state (mobike.Mobility), once needed.
+        self.mobility = None
+        # (local, remote) of the message being processed: MOBIKE takes addresses from the IP header.
+        self.received_on: tuple[Address, Address] | None = None
+        # Where the cached response goes when it differs from the request's source (SWITCH_TO_IP_ADDRESS).
+        self.response_to: tuple[Address, Address] | None = None
 
     # --- identity and logging ----------------------------------------------------------------
 
@@ -283,6 +293,8 @@ class IkeSa:
             self.retransmits = 0
             self.retransmit_at = now + self.config.retransmit_timeout
             self._transmit(self.request, self.local, self.remote)
+            if self.mobility is not None:
+                self.mobility.request_sent(self, now)
         if not self.queue:
             self.queue = None
 
@@ -330,6 +342,7 @@ class IkeSa:
         if self.state == IkeSaState.CLOSED:
             return
         flags, message_id = header[5], header[6]
+        self.received_on = (local, remote)
         if flags & HeaderFlag.RESPONSE:
             self._receive_response(data, message_id, local, remote, now)
         else:
@@ -424,10 +437,15 @@ class IkeSa:
             responder = responder_class(self)
             payloads = responder.process_request(message, now)
         except ProtocolError as error:
+            self.response_to = None
             self.send_error_response(message.exchange_type, message_id, error, local, remote)
             if responder is not None:
                 responder.request_failed(error, now)
             return
+        # A responder may send its response elsewhere (SWITCH_TO_IP_ADDRESS, see switch.py).
+        self.response_to = getattr(responder, "response_path", None)
+        if self.response_to is not None:
+            local, remote = self.response_to
         self.send_response(message.exchange_type, message_id, payloads, local, remote)
         responder.response_sent(now)
         self._start_next(now)
@@ -478,6 +496,8 @@ class IkeSa:
             self.endpoint.count("dropped_integrity" if error.notify_type is None else "dropped_invalid")
             return
         datagrams = self.response
+        if self.response_to is not None:
+            local, remote = self.response_to
         self.endpoint.count("retransmitted_responses")
         self.log(logging.DEBUG, "request %d retransmitted, sending the cached response again", self.response_id)
         self._transmit(datagrams, local, remote)
@@ -504,6 +524,8 @@ class IkeSa:
             message = self._open(data, is_response=True)
             if message is None:
                 return
+            if self.mobility is not None:
+                self.mobility.response_received(self, local, remote, now)
             if message.exchange_type != exchange.exchange_type:
                 raise InvalidSyntax(f"response of exchange type {message.exchange_type} to {exchange.describe()}")
             if logger.isEnabledFor(logging.DEBUG):
@@ -551,6 +573,8 @@ class IkeSa:
 
     def next_deadline(self) -> float | None:
         candidates = [self.retransmit_at, self.half_open_until, self.rekey_at]
+        if self.mobility is not None:
+            candidates.append(self.mobility.next_deadline(self))
         if self.deferred:
             candidates.append(min(at for at, _ in self.deferred))
         for child in self.children.values():
@@ -563,6 +587,10 @@ class IkeSa:
             return
         if self.retransmit_at is not None and now >= self.retransmit_at:
             self._retransmit(now)
+            if self.state == IkeSaState.CLOSED:
+                return
+        if self.mobility is not None:
+            self.mobility.handle_timer(self, now)
             if self.state == IkeSaState.CLOSED:
                 return
         if self.half_open_until is not None and now >= self.half_open_until:
@@ -610,6 +638,25 @@ class IkeSa:
         self.endpoint.count("retransmitted_requests")
         self.log(logging.DEBUG, "retransmitting %s (%d)", self.active.describe(), self.retransmits)
         self._transmit(self.request, self.local, self.remote)
+        if self.mobility is not None:
+            self.mobility.retransmitted(self)
+
+    def move_path(self, local: Address, remote: Address, now: float) -> None:
+        """Send from `local` to `remote` from now on; the outstanding request goes there at once.
+
+        The retransmission schedule of that request starts again on the new path. The
+        CHILD_SAs are not touched: moving them is the MOBIKE exchanges' business (mobike.py).
+        """
+        self.local, self.remote = local, remote
+        self.endpoint.mark_dirty(self)
+        if self.request is None:
+            return
+        self.retransmits = 0
+        self.retransmit_at = now + self.config.retransmit_timeout
+        self.log(logging.DEBUG, "sending %s again on the new path", self.active.describe())
+        self._transmit(self.request, local, remote)
+        if self.mobility is not None:
+            self.mobility.request_sent(self, now)
 
     def schedule_rekey(self, now: float) -> None:
         """Set the IKE SA rekey time: `rekey_time` minus up to 10 % jitter (RFC 7296 §2.8.1)."""
