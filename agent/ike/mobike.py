@@ -86,8 +86,8 @@ def _log(sa: "IkeSa", level: int, message: str, *args) -> None:
 
 
 def format_path(path: Path) -> str:
-    (local, remote) = path
-    return f"{local[0]} → {remote[0]}"
+    local, remote = path
+    return f"{local[0]} ↔ {remote[0]}"
 
 
 # --- per-IKE SA state --------------------------------------------------------------------------
@@ -442,7 +442,7 @@ def change_path(sa: "IkeSa", local_host: str, remote_host: str, now: float, reas
     m = state(sa)
     m.probe_paths = []
     if path != (sa.local, sa.remote):
-        _log(sa, logging.INFO, "moving %s → %s, reason: %s", format_path((sa.local, sa.remote)), format_path(path),
+        _log(sa, logging.INFO, "moving from %s to %s, reason: %s", format_path((sa.local, sa.remote)), format_path(path),
              reason or "unspecified")
         sa.move_path(*path, now)
     request_update(sa, now, reason)

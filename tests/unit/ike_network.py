@@ -4,6 +4,10 @@
 take the datagrams in flight with `take()`, then drop, duplicate, reorder, rewrite (NAT) or corrupt
 them before `deliver()`. `run()` delivers everything and fires timers until nothing is left to do.
 Randomness is seeded, so every run is the same.
+
+An endpoint added under several addresses is multihomed. `blocked` black-holes host pairs in
+both directions, silently. With `nat_filtering`, a NAT in `nat` lets a packet in only from a
+host that the inner address sent to before (address-dependent filtering, as most NATs do).
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ class Packet:
     @property
     def ike(self) -> bytes:
         """The IKE message without the non-ESP marker."""
-        return self.data[4:] if self.source[1] == 4500 else self.data
+        natt = self.source[1] == 4500 or self.destination[1] == 4500  # a NAT may have changed one port
+        return self.data[4:] if natt else self.data
 
     @property
     def exchange_type(self) -> int:
@@ -59,6 +64,10 @@ class Network:
     sent: list[Packet] = field(default_factory=list)
     # Address translation applied to packets *from* an inner address: inner -> outer.
     nat: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
+    nat_filtering: bool = False
+    nat_mappings: set[tuple[tuple[str, int], str]] = field(default_factory=set)  # (outer, remote host)
+    blocked: set[frozenset[str]] = field(default_factory=set)  # host pairs whose packets vanish
+    dropped: list[Packet] = field(default_factory=list)
 
     def add(self, host: str, endpoint: IkeEndpoint) -> IkeEndpoint:
         self.endpoints[host] = endpoint
@@ -69,6 +78,8 @@ class Network:
         for endpoint in self.endpoints.values():
             for data, local, remote in endpoint.datagrams_to_send(self.now):
                 packet = Packet(data, self.nat.get(local, local), remote)
+                if local in self.nat:
+                    self.nat_mappings.add((packet.source, remote[0]))
                 self.sent.append(packet)
                 self.in_flight.append(packet)
 
@@ -78,8 +89,25 @@ class Network:
         packets, self.in_flight = self.in_flight, []
         return packets
 
+    def block(self, a: str, b: str) -> None:
+        """Drop every packet between hosts `a` and `b` from now on, in both directions."""
+        self.blocked.add(frozenset((a, b)))
+
+    def unblock(self, a: str, b: str) -> None:
+        self.blocked.discard(frozenset((a, b)))
+
+    def _passes(self, packet: Packet) -> bool:
+        if frozenset((packet.source[0], packet.destination[0])) in self.blocked:
+            return False
+        if self.nat_filtering and packet.destination in self.nat.values():
+            return (packet.destination, packet.source[0]) in self.nat_mappings
+        return True
+
     def deliver(self, packets: list[Packet]) -> None:
         for packet in packets:
+            if not self._passes(packet):
+                self.dropped.append(packet)
+                continue
             destination = self._untranslate(packet.destination)
             endpoint = self.endpoints.get(destination[0])
             if endpoint is not None:
@@ -227,3 +255,67 @@ def connect(left_config, right_config, network=None, seed=1, right_settings=None
     right = network.add(RIGHT[0], make_endpoint([right_config], seed=seed + 100, **(right_settings or {})))
     ike_sa = left.initiate(left_config, LEFT, RIGHT, network.now)
     return network, left, right, ike_sa
+
+
+# --- mobility: multihomed peers ------------------------------------------------------------------
+
+LEFT2 = "192.0.2.2"
+RIGHT2 = "198.51.100.2"
+
+
+@dataclass
+class Peers:
+    """An established IKE SA between two endpoints, with the ids each side uses for it."""
+
+    network: Network
+    left: IkeEndpoint
+    right: IkeEndpoint
+    left_id: int
+    right_id: int
+
+    @property
+    def left_sa(self):
+        return self.left.ike_sa(self.left_id)
+
+    @property
+    def right_sa(self):
+        return self.right.ike_sa(self.right_id)
+
+    def events(self):
+        """Return and forget the (left, right) events."""
+        return self.left.events(), self.right.events()
+
+
+def multihomed_peers(left_options=None, right_options=None, *, left_hosts=(LEFT[0], LEFT2),
+                     right_hosts=(RIGHT[0], RIGHT2), network=None) -> Peers:
+    """Establish an IKE SA from left_hosts[0] to right_hosts[0]; both ends have every address listed.
+
+    Left (the original initiator) has the endpoint's address list set before the IKE SA starts.
+    """
+    network = network or Network()
+    left_config, right_config = psk_pair(left_options, right_options)
+    left = make_endpoint(seed=1)
+    right = make_endpoint([right_config], seed=101)
+    for host in left_hosts:
+        network.add(host, left)
+    for host in right_hosts:
+        network.add(host, right)
+    left.update_local_addresses(None, left_hosts, network.now)
+    right.update_local_addresses(None, right_hosts, network.now)
+    left_id = left.initiate(left_config, (left_hosts[0], 500), (right_hosts[0], 500), network.now)
+    network.run()
+    right_id, = [sa.unique_id for sa in right.ike_sas]
+    return Peers(network, left, right, left_id, right_id)
+
+
+def read_notifies(packet: Packet, receiver_sa) -> list:
+    """Decrypt a protected packet with the keys of the IKE SA that receives it; return its notifies."""
+    from agent.ike.message import Message
+
+    message = Message.decode(packet.ike)
+    message.decrypt(packet.ike, receiver_sa.cipher)
+    return message.notifies()
+
+
+def notify_types(packet: Packet, receiver_sa) -> list[int]:
+    return [notify.notify_type for notify in read_notifies(packet, receiver_sa)]
