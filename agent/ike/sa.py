@@ -146,7 +146,7 @@ class IkeSa:
         "timer_at",
         "mobility",
         "received_on",
-        "response_to",
+        "resend_on_path",
     )
 
     def __init__(
@@ -220,8 +220,9 @@ class IkeSa:
         self.mobility = None
         # (local, remote) of the message being processed: MOBIKE takes addresses from the IP header.
         self.received_on: tuple[Address, Address] | None = None
-        # Where the cached response goes when it differs from the request's source (SWITCH_TO_IP_ADDRESS).
-        self.response_to: tuple[Address, Address] | None = None
+        # The cached response goes to the IKE SA's current path, not to the retransmitted
+        # request's source, because it was sent elsewhere first (SWITCH_TO_IP_ADDRESS).
+        self.resend_on_path = False
 
     # --- identity and logging ----------------------------------------------------------------
 
@@ -437,15 +438,16 @@ class IkeSa:
             responder = responder_class(self)
             payloads = responder.process_request(message, now)
         except ProtocolError as error:
-            self.response_to = None
+            self.resend_on_path = False
             self.send_error_response(message.exchange_type, message_id, error, local, remote)
             if responder is not None:
                 responder.request_failed(error, now)
             return
         # A responder may send its response elsewhere (SWITCH_TO_IP_ADDRESS, see switch.py).
-        self.response_to = getattr(responder, "response_path", None)
-        if self.response_to is not None:
-            local, remote = self.response_to
+        response_path = getattr(responder, "response_path", None)
+        self.resend_on_path = response_path is not None
+        if response_path is not None:
+            local, remote = response_path
         self.send_response(message.exchange_type, message_id, payloads, local, remote)
         responder.response_sent(now)
         self._start_next(now)
@@ -496,8 +498,8 @@ class IkeSa:
             self.endpoint.count("dropped_integrity" if error.notify_type is None else "dropped_invalid")
             return
         datagrams = self.response
-        if self.response_to is not None:
-            local, remote = self.response_to
+        if self.resend_on_path:
+            local, remote = self.local, self.remote
         self.endpoint.count("retransmitted_responses")
         self.log(logging.DEBUG, "request %d retransmitted, sending the cached response again", self.response_id)
         self._transmit(datagrams, local, remote)
