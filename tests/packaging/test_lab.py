@@ -1,9 +1,9 @@
 """The installed daemon, started in the lab VM like its systemd unit, serves rmobikectl status.
 
 The host prepares a Debian 12 root with the .deb installed under lab-out/,
-which the VM shares read-write; tests/packaging/guest_start.py then runs
-inside the VM and starts the daemon in that root (see its docstring for
-what of the unit it applies). The VM keeps the daemon off the host's
+which the VM shares read-write. tests/packaging/guest_start.py then runs
+inside the VM and starts the daemon in that root; its docstring lists the
+settings of the unit that it applies. The VM keeps the daemon off the host's
 network, and a network namespace keeps it off the VM's.
 """
 
