@@ -137,6 +137,7 @@ class Mobility:
         for name in ("local_addresses", "peer_addresses", "candidates", "confirmed", "peer_switch_target",
                      "last_switch_at", "peer_supports_redirect", "redirect_count"):
             setattr(copy, name, getattr(self, name))
+        copy.switch, self.switch = self.switch, None  # a pending switch goes on with the new IKE SA
         return copy
 
     # --- hooks called by the IKE SA (sa.py) ---
@@ -145,6 +146,9 @@ class Mobility:
         """A request left on the current path: start the silence clock, copy it to probe paths."""
         self.request_sent_at = now
         self.suspect_reported = False
+        active = sa.active
+        if isinstance(active, UpdateInitiator) and active.path not in (None, (sa.local, sa.remote)):
+            self.update_stale = True  # sent on another path than its NAT detection payloads name
         self._send_on_probe_paths(sa)
 
     def retransmitted(self, sa: "IkeSa") -> None:
@@ -186,8 +190,11 @@ class Mobility:
     # --- internals ---
 
     def _send_on_probe_paths(self, sa: "IkeSa") -> None:
-        if sa.request is None:
+        if sa.request is None or not self.probe_paths:
             return
+        if isinstance(sa.active, UpdateInitiator):
+            # The peer may process any of the copies, so a new update must follow (RFC 4555 §3.6).
+            self.update_stale = True
         for local, remote in self.probe_paths:
             sa._transmit(sa.request, local, remote)
 
@@ -386,8 +393,34 @@ def cookie2_matches(sa: "IkeSa", message: "Message", sent: bytes | None, now: fl
 # --- moving the CHILD_SAs -----------------------------------------------------------------------
 
 
-def confirm_path(sa: "IkeSa", path: Path, nat: tuple[bool, bool] | None, reason: str) -> None:
-    """Record that both sides now use `path` and tell the driver to move the CHILD_SAs there."""
+def newest(sa: "IkeSa") -> "IkeSa":
+    """Return the IKE SA that replaced `sa` by rekeys and still lives, or `sa` itself."""
+    from .sa import IkeSaState
+
+    while sa.successor is not None and sa.successor.state != IkeSaState.CLOSED:
+        sa = sa.successor
+    return sa
+
+
+def confirm_path(sa: "IkeSa", path: Path, nat: tuple[bool, bool] | None, reason: str, now: float) -> None:
+    """Record that both sides now use `path` and tell the driver to move the CHILD_SAs there.
+
+    An IKE SA that replaced `sa` by a rekey follows, because the CHILD_SAs live there now. The
+    original initiator instead sends an update of its own on it when it already uses another path.
+    """
+    successor = newest(sa)
+    if successor is not sa:
+        _record_path(sa, path, nat, reason, emit=False)
+        if (successor.local, successor.remote) != path and successor.mobike_initiator:
+            request_update(successor, now, reason)
+            return
+        if (successor.local, successor.remote) != path:
+            successor.move_path(*path, now)
+        sa = successor
+    _record_path(sa, path, nat, reason, emit=True)
+
+
+def _record_path(sa: "IkeSa", path: Path, nat: tuple[bool, bool] | None, reason: str, *, emit: bool) -> None:
     m = state(sa)
     old = m.confirmed or path
     old_encap = sa.nat_local or sa.nat_remote
@@ -395,6 +428,8 @@ def confirm_path(sa: "IkeSa", path: Path, nat: tuple[bool, bool] | None, reason:
         sa.nat_local, sa.nat_remote = nat
     encap = sa.nat_local or sa.nat_remote
     m.confirmed = path
+    if not emit:
+        return
     if old == path and old_encap == encap:
         _log(sa, logging.DEBUG, "path %s confirmed, nothing to move", format_path(path))
         return
@@ -551,7 +586,13 @@ class UpdateInitiator(Initiator):
             return True
         if sa.received_on == self.path:
             local, remote = self.path
-            confirm_path(sa, self.path, nat_flags(sa, message, local, remote), self.reason)
+            confirm_path(sa, self.path, nat_flags(sa, message, local, remote), self.reason, now)
+        target = newest(sa)
+        if target is not sa:
+            # confirm_path handed the result to the IKE SA that replaced this one.
+            if m.update_stale or sa.received_on != self.path:
+                request_update(target, now, m.update_reason or self.reason)
+            return True
         if (sa.local, sa.remote) != self.path or m.update_stale:
             # The path changed while the request was out, or the response came on another
             # path: a new request must confirm the current one (RFC 4555 §3.6).
@@ -676,8 +717,8 @@ class MobikeResponder(InformationalResponder):
         sa = self.sa
         if self.path != (sa.local, sa.remote):
             sa.move_path(*self.path, now)  # RFC 4555 §3.5: an outstanding request follows at once
-        confirm_path(sa, self.path, self.nat, "peer update")
-        update_arrived(sa, now)
+        confirm_path(sa, self.path, self.nat, "peer update", now)
+        update_arrived(newest(sa), now)
 
 
 def _check_acceptable(sa: "IkeSa", local: Address, remote: Address) -> None:

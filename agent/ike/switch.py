@@ -37,6 +37,7 @@ from .mobike import (
     MobikeResponder,
     change_path,
     format_path,
+    newest,
     request_update,
     same_family,
     state,
@@ -96,6 +97,9 @@ def switch_to(sa: "IkeSa", host: str, now: float, reason: str) -> None:
     m = state(sa)
     if host == sa.local[0]:
         _log(sa, logging.INFO, "IKE SA already uses %s, no switch needed", host)
+        return
+    if m.switch is not None and m.switch.local[0] == host:
+        _log(sa, logging.INFO, "switch to %s already under way", host)
         return
     if m.switch is not None:
         _log(sa, logging.INFO, "switch to %s superseded", m.switch.local[0])
@@ -286,9 +290,9 @@ class SwitchResponder(MobikeResponder):
         host = self.target
         if host is None:
             return
-        sa = self.sa
+        sa = newest(self.sa)  # the IKE SA that replaced this one by a rekey, if any, moves instead
         m = state(sa)
-        m.last_switch_at = now
+        state(self.sa).last_switch_at = m.last_switch_at = now
         m.peer_switch_target = host
         _log(sa, logging.INFO, "switch %s → %s, reason: peer request", sa.remote[0], host)
         path = (sa.local, (host, sa.remote[1]))

@@ -1,10 +1,11 @@
 """Hypothesis over the IKE state tables: random commands and network events on two peers.
 
 Each step is a command on either peer (rekey a CHILD_SA or the IKE SA, create or delete a
-CHILD_SA, delete the IKE SA, check liveness) or a network event (deliver, lose, duplicate or
+CHILD_SA, delete the IKE SA, check liveness, move the IKE SA with MOBIKE or SWITCH_TO_IP_ADDRESS
+between the peers' two addresses each) or a network event (deliver, lose, duplicate or
 reorder datagrams, let time pass). After every step nothing may have escaped, and each
 endpoint's bookkeeping must be consistent. Once the network is reliable again and the timers ran
-out, both peers must agree on every IKE SA and CHILD_SA.
+out, both peers must agree on every IKE SA, its addresses and its CHILD_SAs.
 """
 
 import random
@@ -16,7 +17,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from agent.ike.child import ChildSaState
 from agent.ike.sa import IkeSaState
 
-from .ike_network import LEFT, RIGHT, Network, child_pair, make_endpoint, psk_pair
+from .ike_network import LEFT, LEFT2, RIGHT, RIGHT2, Network, child_pair, make_endpoint, psk_pair
 
 MAX_LOSSES = 3  # few enough that retransmissions always get through
 
@@ -37,6 +38,10 @@ class TwoPeers(RuleBasedStateMachine):
         self.network = Network()
         self.left = self.network.add(LEFT[0], make_endpoint(seed=seed))
         self.right = self.network.add(RIGHT[0], make_endpoint([right_config], seed=seed + 1))
+        self.network.add(LEFT2, self.left)
+        self.network.add(RIGHT2, self.right)
+        self.left.update_local_addresses(None, [LEFT[0], LEFT2], self.network.now)
+        self.right.update_local_addresses(None, [RIGHT[0], RIGHT2], self.network.now)
         self.losses = 0
         self.left.initiate(self.left_config, LEFT, RIGHT, self.network.now)
         self.network.run()
@@ -87,6 +92,19 @@ class TwoPeers(RuleBasedStateMachine):
         sas = self._established(endpoint)
         if sas:
             endpoint.check_liveness(sas[pick % len(sas)].unique_id, self.network.now)
+
+    @rule(local=st.sampled_from([LEFT[0], LEFT2]), remote=st.sampled_from([RIGHT[0], RIGHT2]),
+          pick=st.integers(0, 100))
+    def change_path(self, local, remote, pick):
+        sas = [sa for sa in self._established(self.left) if sa.mobike and sa.mobike_initiator]
+        if sas:
+            self.left.change_path(sas[pick % len(sas)].unique_id, local, remote, self.network.now, "test")
+
+    @rule(host=st.sampled_from([RIGHT[0], RIGHT2]), pick=st.integers(0, 100))
+    def switch_to(self, host, pick):
+        sas = self._established(self.right)
+        if sas:
+            self.right.switch_to(sas[pick % len(sas)].unique_id, host, self.network.now, "test")
 
     @precondition(lambda self: len(self.left.ike_sas) < 4)
     @rule()
@@ -159,6 +177,8 @@ class TwoPeers(RuleBasedStateMachine):
             assert left_sa.state == right_sa.state == IkeSaState.ESTABLISHED
             assert left_sa.active is None
             assert right_sa.active is None
+            assert (left_sa.local, left_sa.remote) == (right_sa.remote, right_sa.local)
+            assert not (left_sa.nat_local or left_sa.nat_remote or right_sa.nat_local or right_sa.nat_remote)
             left_children = {(c.spi_in, c.spi_out) for c in left_sa.children.values()}
             right_children = {(c.spi_out, c.spi_in) for c in right_sa.children.values()}
             assert left_children == right_children
@@ -182,6 +202,9 @@ def test_random_walk_seeded():
         lambda: machine.create_child(generator.randrange(100)),
         lambda: machine.delete_child(generator.random() < 0.5, generator.randrange(100)),
         lambda: machine.liveness(generator.random() < 0.5, generator.randrange(100)),
+        lambda: machine.change_path(generator.choice([LEFT[0], LEFT2]), generator.choice([RIGHT[0], RIGHT2]),
+                                    generator.randrange(100)),
+        lambda: machine.switch_to(generator.choice([RIGHT[0], RIGHT2]), generator.randrange(100)),
         lambda: machine.deliver_shuffled(generator),
         lambda: machine.duplicate_one(generator.randrange(100)),
         lambda: machine.wait(generator.uniform(0.1, 8.0)),
