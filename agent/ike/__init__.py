@@ -1,4 +1,4 @@
-"""The sans-I/O IKEv2 core: RFC 7296 with MOBIKE negotiation (RFC 4555).
+"""The sans-I/O IKEv2 core: RFC 7296 with MOBIKE (RFC 4555), SWITCH_TO_IP_ADDRESS and redirect (RFC 5685).
 
 A driver creates an `IkeEndpoint`, feeds it datagrams and timer ticks, sends what it returns and
 acts on its events. Nothing here opens a socket, reads a clock or touches the kernel.
@@ -13,12 +13,19 @@ from .events import (
     ChildSaInfo,
     ChildSaReady,
     ChildSaRekeyed,
+    IkeSaAddressesChanged,
     IkeSaDeleted,
     IkeSaEstablished,
     IkeSaFailed,
+    IkeSaRedirected,
     IkeSaRekeyed,
     Lifetimes,
     Mode,
+    PathSuspect,
+    PathUpdateFailed,
+    PeerAddressesChanged,
+    PrepareInbound,
+    SwitchFailed,
 )
 from .payloads import TrafficSelector
 
@@ -34,12 +41,19 @@ __all__ = [
     "Identity",
     "IkeConfig",
     "IkeEndpoint",
+    "IkeSaAddressesChanged",
     "IkeSaDeleted",
     "IkeSaEstablished",
     "IkeSaFailed",
+    "IkeSaRedirected",
     "IkeSaRekeyed",
     "Lifetimes",
     "Mode",
+    "PathSuspect",
+    "PathUpdateFailed",
+    "PeerAddressesChanged",
+    "PrepareInbound",
     "ProtocolError",
+    "SwitchFailed",
     "TrafficSelector",
 ]

@@ -248,7 +248,7 @@ class IkeEndpoint:
         self._flush_timers()
 
     def probe_paths(self, ike_sa: int, candidates: Iterable[tuple[str, str]], now: float) -> None:
-        """Send on all (local, remote) candidate paths and move to the first that answers."""
+        """Send on all (local, remote) candidate paths and move to the first that carries a response."""
         mobike.probe_paths(self._established(ike_sa), candidates, now)
         self._flush_timers()
 

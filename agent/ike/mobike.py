@@ -9,9 +9,9 @@ path; the responder takes the new addresses from the IP header of the authentica
                                  <--  HDR, SK {N(NAT_DETECTION_SOURCE_IP), N(NAT_DETECTION_DESTINATION_IP),
                                                [N(COOKIE2)]}
 
-The responder moves its CHILD_SAs when it processes the request, the initiator when the response
-arrives; both report `IkeSaAddressesChanged`, with UDP encapsulation when the NAT detection
-payloads of that exchange show a NAT. Either side announces its other addresses in IKE_AUTH and
+The responder moves its CHILD_SAs when it processes the request, and the initiator when the
+response arrives. Both report `IkeSaAddressesChanged`, with UDP encapsulation when the NAT
+detection payloads of that exchange show a NAT. Either side announces its other addresses in IKE_AUTH and
 again whenever they change (RFC 4555 §3.4, §3.6):
 
     HDR, SK {N(ADDITIONAL_IP4_ADDRESS)+, N(ADDITIONAL_IP6_ADDRESS)+ | N(NO_ADDITIONAL_ADDRESSES),
@@ -143,7 +143,7 @@ class Mobility:
     # --- hooks called by the IKE SA (sa.py) ---
 
     def request_sent(self, sa: "IkeSa", now: float) -> None:
-        """A request left on the current path: start the silence clock, copy it to probe paths."""
+        """Start the silence clock of a request sent on the current path and copy it to the probe paths."""
         self.request_sent_at = now
         self.suspect_reported = False
         active = sa.active
@@ -155,7 +155,7 @@ class Mobility:
         self._send_on_probe_paths(sa)
 
     def response_received(self, sa: "IkeSa", local: Address, remote: Address, now: float) -> None:
-        """A response passed the integrity check; when probing, its path becomes the IKE SA's."""
+        """Adopt the path of an authentic response as the IKE SA's path while probing."""
         self.request_sent_at = None
         if not self.probe_paths:
             return
@@ -363,7 +363,7 @@ def check_no_nats(message: "Message", local: Address, remote: Address) -> None:
 def nat_flags(sa: "IkeSa", message: "Message", local: Address, remote: Address) -> tuple[bool, bool] | None:
     """Return (this side behind a NAT, peer behind a NAT) from NAT_DETECTION_*, or None without them.
 
-    `local` and `remote` are the addresses of the IP header as this side sees them (RFC 7296 §2.23).
+    `local` and `remote` are the addresses of the IP header as received here (RFC 7296 §2.23).
     """
     sources = [n.data for n in message.notifies() if n.notify_type == NotifyType.NAT_DETECTION_SOURCE_IP]
     destinations = [n.data for n in message.notifies() if n.notify_type == NotifyType.NAT_DETECTION_DESTINATION_IP]
@@ -484,7 +484,7 @@ def change_path(sa: "IkeSa", local_host: str, remote_host: str, now: float, reas
 
 
 def probe_paths(sa: "IkeSa", candidates: Iterable[tuple[str, str]], now: float) -> None:
-    """Probe the candidate paths and move to the first that answers (initiator only)."""
+    """Probe the candidate paths and move to the first that carries a response (initiator only)."""
     if not can_move(sa):
         raise ValueError(f"IKE SA {sa.unique_id} cannot move: it is not the established MOBIKE initiator")
     paths = candidate_paths(sa, candidates)

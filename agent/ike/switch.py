@@ -1,7 +1,7 @@
-"""SWITCH_TO_IP_ADDRESS: the original responder asks the original initiator to move the IKE SA.
+"""SWITCH_TO_IP_ADDRESS: the original responder requests that the original initiator move the IKE SA.
 
 RFC 4555 lets only the original initiator move an IKE SA. With this extension the original
-responder R asks for a move to its address N, from its current address O:
+responder R requests a move to its address N, from its current address O:
 
     R (original responder)            I (original initiator)
     HDR, SK {N(SWITCH_TO_IP_ADDRESS, N)}  -->               from O to I's current address
@@ -60,7 +60,7 @@ def _log(sa: "IkeSa", level: int, message: str, *args) -> None:
 class PendingSwitch:
     """A switch of this side, the original responder, to `local` that is under way.
 
-    `stage` is "switch" (SWITCH_TO_IP_ADDRESS sent), "accepted" (the peer answered at N),
+    `stage` is "switch" (SWITCH_TO_IP_ADDRESS sent), "accepted" (the peer's response arrived at N),
     "addresses" (address list sent to a peer without the flag) or "redirect" (REDIRECT sent).
     """
 
@@ -79,8 +79,8 @@ class PendingSwitch:
 def switch_to(sa: "IkeSa", host: str, now: float, reason: str) -> None:
     """Move the IKE SA to this side's address `host`, whichever role this side has.
 
-    The original initiator moves itself (mobike.change_path); the original responder asks the
-    peer with SWITCH_TO_IP_ADDRESS, or with the fallbacks described in the module docstring.
+    The original initiator moves itself (mobike.change_path). The original responder sends
+    SWITCH_TO_IP_ADDRESS to the peer, or uses the fallbacks described in the module docstring.
     """
     from .sa import IkeSaState
 
@@ -157,7 +157,7 @@ def switch_deadline_reached(sa: "IkeSa", now: float) -> None:
 
 
 def update_arrived(sa: "IkeSa", now: float) -> None:
-    """The peer's UPDATE_SA_ADDRESSES moved the IKE SA: a switch to that address is complete."""
+    """Complete a pending switch once the peer's UPDATE_SA_ADDRESSES moved the IKE SA to its address."""
     m = state(sa)
     pending = m.switch
     if pending is not None and sa.local[0] == pending.local[0]:
@@ -166,7 +166,7 @@ def update_arrived(sa: "IkeSa", now: float) -> None:
 
 
 def redirect_sent(sa: "IkeSa") -> None:
-    """The peer acknowledged REDIRECT; it re-establishes at the new address, so the switch ends here."""
+    """End the switch after the peer acknowledged REDIRECT, because it re-establishes at the new address."""
     m = state(sa)
     if m.switch is not None and m.switch.stage == "redirect":
         _log(sa, logging.INFO, "peer acknowledged the redirect to %s", m.switch.local[0])
@@ -213,7 +213,7 @@ class SwitchInitiator(Initiator):
         # (extension not negotiated, rate limit) sends it to O.
         arrived = sa.received_on[0][0]
         if arrived != self.pending.local[0]:
-            fail_switch(sa, f"peer answered at {arrived} without accepting the switch")
+            fail_switch(sa, f"peer's response arrived at {arrived}: it did not accept the switch")
             return True
         _log(sa, logging.INFO, "peer accepted the switch to %s, waiting for its update", arrived)
         self.pending.stage = "accepted"
@@ -303,8 +303,8 @@ class SwitchResponder(MobikeResponder):
 
 
 def carries_private_notify(message: "Message") -> bool:
-    # The switch notify type is configurable within the private-use range, and the predicate
-    # sees only the message, so every private-use status notify comes here first.
+    # The switch notify type is configurable within the private-use range, but the predicate
+    # gets only the message, so every private-use status notify comes here first.
     return any(notify.notify_type >= 40960 for notify in message.notifies())
 
 
