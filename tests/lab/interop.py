@@ -47,7 +47,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-WAIT_TIMEOUT = 60.0  # seconds for a state change that needs an exchange; QEMU TCG is slow
+WAIT_TIMEOUT = 90.0  # seconds for a state change that needs an exchange; QEMU TCG is slow
+# Seconds for rmobiked's control socket to respond. Python with cryptography and pyroute2 has
+# taken more than 30 s to start under QEMU TCG while the host was busy.
+DAEMON_START_TIMEOUT = 120.0
 POLL_INTERVAL = 0.3  # seconds between two looks at list-sas or the kernel
 
 
@@ -363,7 +366,12 @@ def kernel_policies(namespace: Namespace) -> list[str]:
             current.append(line)
     if current:
         policies.append("\n".join(current))
-    return [policy for policy in policies if " socket " not in policy]
+    return [policy for policy in policies if not _is_socket_policy(policy)]
+
+
+def _is_socket_policy(policy: str) -> bool:
+    # `ip xfrm policy` prints "socket in" or "socket out" where other policies have "dir".
+    return any(line.split()[:1] == ["socket"] for line in policy.splitlines())
 
 
 def wait_until(what: str, probe: Callable[[], T | None], timeout: float = WAIT_TIMEOUT,
@@ -422,7 +430,8 @@ class InteropPair:
         """Start rmobiked with the tunnel's configuration; `start_action` of child "lan"."""
         self.daemon = Rmobiked(self.rmobike_namespace, self.rmobike)
         self.daemon.start(rmobike_config(self.topology, self.rmobike, self.charon, self.daemon.workdir,
-                                         tunnel, start_action=start_action))
+                                         tunnel, start_action=start_action),
+                          timeout=DAEMON_START_TIMEOUT)
         return self.daemon
 
     def logs(self) -> str:
