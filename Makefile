@@ -12,7 +12,7 @@ APT_PACKAGES := qemu-system-x86 linux-image-amd64 iproute2 nftables tcpdump proc
                 strongswan-charon strongswan-swanctl libstrongswan-standard-plugins \
                 libstrongswan-extra-plugins libsystemd-dev pkg-config gcc python3-dev
 
-.PHONY: all deps apt venv test unit lab bench demo clean
+.PHONY: all deps apt venv test unit lab bench demo deb rpm package-test clean
 
 all: test
 
@@ -51,6 +51,17 @@ bench: deps
 
 demo: deps
 	$(PY) -m tests.lab.demo
+
+# Distribution packages, written to dist/. The scripts install their own build dependencies.
+deb:
+	packaging/build-deb.sh
+
+rpm:
+	packaging/build-rpm.sh
+
+# Builds both packages and installs them into clean roots (needs root, Debian's mirror, the lab).
+package-test: venv
+	$(PY) -m pytest -m packaging tests/packaging -v
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
