@@ -17,9 +17,10 @@ fail with a chosen errno.
 from __future__ import annotations
 
 import errno as errno_codes
+import itertools
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,9 +124,50 @@ class _Entry:
     replay: ReplayState
     current: LifetimeCurrent
     larval: bool = False
+    serial: int = -1  # set by _SaTable.add
 
     def snapshot(self) -> SecurityAssociation:
         return self.sa.replace(replay=self.replay, current=self.current)
+
+
+class _SaTable:
+    """The fake's SAs, indexed by (dst, spi, proto) and by outer addresses, as in the kernel."""
+
+    def __init__(self) -> None:
+        self._entries: dict[int, _Entry] = {}  # by serial number, in insertion order
+        self._by_spi: dict[tuple[Any, ...], dict[int, _Entry]] = {}
+        self._by_addresses: dict[tuple[Any, ...], dict[int, _Entry]] = {}
+        self._serials = itertools.count()
+
+    def __iter__(self) -> Iterator[_Entry]:
+        return iter(list(self._entries.values()))
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @staticmethod
+    def _keys(sa: SecurityAssociation) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+        return (sa.dst, sa.spi, sa.proto), (sa.src, sa.dst, sa.proto)
+
+    def add(self, entry: _Entry) -> None:
+        serial = next(self._serials)
+        entry.serial = serial
+        self._entries[serial] = entry
+        spi_key, address_key = self._keys(entry.sa)
+        self._by_spi.setdefault(spi_key, {})[serial] = entry
+        self._by_addresses.setdefault(address_key, {})[serial] = entry
+
+    def remove(self, entry: _Entry) -> None:
+        del self._entries[entry.serial]
+        spi_key, address_key = self._keys(entry.sa)
+        del self._by_spi[spi_key][entry.serial]
+        del self._by_addresses[address_key][entry.serial]
+
+    def with_spi(self, dst: Address, spi: int, proto: Proto) -> list[_Entry]:
+        return list(self._by_spi.get((dst, spi, proto), {}).values())
+
+    def with_addresses(self, src: Address, dst: Address, proto: Proto) -> list[_Entry]:
+        return list(self._by_addresses.get((src, dst, proto), {}).values())
 
 
 def _mark_key(mark: Mark | None) -> tuple[int, int]:
@@ -167,8 +209,10 @@ class FakeXfrm(XfrmApi):
     def __init__(self, migrate_supported: bool = True, clock: Callable[[], float] = time.time) -> None:
         self._features = KernelFeatures(migrate=migrate_supported)
         self.clock = clock
-        self.sas: list[_Entry] = []
+        self.sas = _SaTable()
         self.policies: dict[tuple[Any, ...], Policy] = {}
+        # (selector, dir) -> keys of self.policies: how MIGRATE finds a policy.
+        self._by_selector: dict[tuple[Any, ...], set[tuple[Any, ...]]] = {}
         self.sources: list[FakeEvents] = []
         self.requests: list[ops.Op] = []  # every request run, for tests to inspect
         self._index_generator = 0
@@ -274,11 +318,9 @@ class FakeXfrm(XfrmApi):
     def _lookup_sa(self, sa_id: SaId) -> _Entry | None:
         # As __xfrm_state_lookup: the mark of the request, masked, must equal the SA's mark.
         value = sa_id.mark.value & sa_id.mark.mask if sa_id.mark is not None else 0
-        for entry in self.sas:
-            sa = entry.sa
-            mark_value, mark_mask = _mark_key(sa.mark)
-            if (sa.dst == sa_id.dst and sa.spi == sa_id.spi and sa.proto == sa_id.proto
-                    and value & mark_mask == mark_value):
+        for entry in self.sas.with_spi(sa_id.dst, sa_id.spi, sa_id.proto):
+            mark_value, mark_mask = _mark_key(entry.sa.mark)
+            if value & mark_mask == mark_value:
                 return entry
         return None
 
@@ -325,13 +367,15 @@ class FakeXfrm(XfrmApi):
         if not request.update:
             if existing is not None:
                 raise self._error(request, errno_codes.EEXIST)
-            self.sas.append(self._new_entry(sa))
-            self.emit(ev.SaAdded(self.sas[-1].snapshot()))
+            entry = self._new_entry(sa)
+            self.sas.add(entry)
+            self.emit(ev.SaAdded(entry.snapshot()))
             return
         if existing is None:
             raise self._error(request, errno_codes.ESRCH)
         if existing.larval:
-            self.sas[self.sas.index(existing)] = self._new_entry(sa)
+            self.sas.remove(existing)
+            self.sas.add(self._new_entry(sa))
         else:
             # xfrm_state_update changes only limits and the ports/address of an encapsulation.
             old = existing.sa
@@ -355,24 +399,24 @@ class FakeXfrm(XfrmApi):
         self.emit(ev.SaDeleted(entry.snapshot()))
 
     def _op_FlushSas(self, request: ops.FlushSas) -> None:
-        self.sas = [e for e in self.sas if request.proto is not None and e.sa.proto != request.proto]
+        for entry in self.sas:
+            if request.proto is None or entry.sa.proto == request.proto:
+                self.sas.remove(entry)
         self.emit(ev.SasFlushed(request.proto))
 
     def _op_AllocSpi(self, request: ops.AllocSpi) -> SecurityAssociation:
         if request.low > request.high:
             raise self._error(request, errno_codes.EINVAL, "SPI range is empty")
-        used_spis = {e.sa.spi for e in self.sas
-                     if e.sa.dst == request.dst and e.sa.proto == request.proto}
         spi = request.low
-        while spi in used_spis and spi < request.high:
+        while self.sas.with_spi(request.dst, spi, request.proto) and spi < request.high:
             spi += 1
-        if spi in used_spis:
+        if self.sas.with_spi(request.dst, spi, request.proto):
             raise self._error(request, errno_codes.ENOENT, "no free SPI in the range")
         larval = SecurityAssociation(request.src, request.dst, spi, request.proto, request.mode,
                                      request.reqid, replay_window=0, mark=request.mark,
                                      if_id=request.if_id)
-        self.sas.append(_Entry(larval, ReplayState(), LifetimeCurrent(add_time=int(self.clock())),
-                               larval=True))
+        self.sas.add(_Entry(larval, ReplayState(), LifetimeCurrent(add_time=int(self.clock())),
+                            larval=True))
         return larval
 
     def _op_GetReplayState(self, request: ops.GetReplayState) -> ops.ReplayInfo:
@@ -433,6 +477,7 @@ class FakeXfrm(XfrmApi):
             raise self._error(request, errno_codes.EEXIST)
         index = existing.index if existing is not None else (policy.index or self._next_index(policy.dir))
         self.policies[key] = policy.replace(index=index)
+        self._by_selector.setdefault((policy.selector, policy.dir), set()).add(key)
         event = ev.PolicyUpdated if request.update else ev.PolicyAdded
         self.emit(event(self.policies[key]))
 
@@ -448,10 +493,12 @@ class FakeXfrm(XfrmApi):
         except XfrmError:
             raise self._error(request, errno_codes.ENOENT) from None
         del self.policies[_policy_key(policy.id)]
+        self._by_selector[(policy.selector, policy.dir)].discard(_policy_key(policy.id))
         self.emit(ev.PolicyDeleted(policy))
 
     def _op_FlushPolicies(self, request: ops.FlushPolicies) -> None:
         self.policies.clear()
+        self._by_selector.clear()
         self.emit(ev.PoliciesFlushed())
 
     # --- MIGRATE -------------------------------------------------------------------
@@ -490,16 +537,15 @@ class FakeXfrm(XfrmApi):
         # As xfrm_migrate_policy_find: by selector, direction and if_id, not by mark;
         # the lowest priority value wins.
         requested = request.policy
-        candidates = [p for p in self.policies.values()
-                      if p.dir == requested.dir and p.selector == requested.selector
-                      and (requested.if_id == 0 or p.if_id == requested.if_id)]
+        keys = self._by_selector.get((requested.selector, requested.dir), set())
+        candidates = [self.policies[key] for key in keys
+                      if requested.if_id == 0 or self.policies[key].if_id == requested.if_id]
         return min(candidates, key=lambda p: p.priority, default=None)
 
     def _migrate_state(self, item: Any, if_id: int) -> _Entry | None:
-        for entry in self.sas:
+        for entry in self.sas.with_addresses(item.old_src, item.old_dst, item.proto):
             sa = entry.sa
-            if (not entry.larval and sa.src == item.old_src and sa.dst == item.old_dst
-                    and sa.proto == item.proto and sa.mode == item.mode
+            if (not entry.larval and sa.mode == item.mode
                     and (item.reqid == 0 or sa.reqid == item.reqid)
                     and (if_id == 0 or sa.if_id == if_id)):
                 return entry
@@ -510,7 +556,8 @@ class FakeXfrm(XfrmApi):
                                  encap=request.encap if request.encap is not None else entry.sa.encap)
         if item.new_dst != item.old_dst and self._lookup_sa(moved.id) is not None:
             raise self._error(request, errno_codes.ENODATA, "the new SA exists already")
-        self.sas[self.sas.index(entry)] = _Entry(moved, entry.replay, entry.current)
+        self.sas.remove(entry)
+        self.sas.add(_Entry(moved, entry.replay, entry.current))
 
 
 def _template_matches(template: Any, item: Any) -> bool:

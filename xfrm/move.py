@@ -185,23 +185,20 @@ class _Mover:
         self.errors: dict[int, XfrmError] = {}
         self.replacements: dict[int, SecurityAssociation] = {}  # REPLACE: the new SA
         self.originals: dict[int, SecurityAssociation] = {}  # REPLACE: the old SA, as read
-        self.policies = self._collect_policies()
-
-    def _collect_policies(self) -> dict[PolicyId, Policy]:
-        policies: dict[PolicyId, Policy] = {}
-        for move in self.moves:
+        self.policies: dict[PolicyId, Policy] = {}
+        self.members: dict[PolicyId, list[int]] = {}  # policy -> indexes of its moves
+        for i, move in enumerate(self.moves):
             for policy in move.policies:
-                known = policies.setdefault(policy.id, policy)
+                known = self.policies.setdefault(policy.id, policy)
                 if known != policy:
                     raise ValueError(f"two different versions of {policy.id} in one move")
-        return policies
+                self.members.setdefault(policy.id, []).append(i)
 
     def _fail(self, index: int, error: XfrmError) -> None:
         self.errors.setdefault(index, error)
 
     def _moves_of(self, policy: Policy) -> list[int]:
-        return [i for i, move in enumerate(self.moves)
-                if any(p.id == policy.id for p in move.policies)]
+        return self.members[policy.id]
 
     # --- step 1: guard and read ----------------------------------------------
 
@@ -235,7 +232,7 @@ class _Mover:
             self.originals[i] = sa.replace(replay=info.replay, current=info.current)
             self.replacements[i] = sa.replace(src=move.src, dst=move.dst, encap=move.new_encap,
                                               replay=info.replay, current=info.current)
-        self.guarded = guarded
+        self.guarded = set(guarded)
 
     # --- step 2: move ---------------------------------------------------------
 
@@ -253,7 +250,7 @@ class _Mover:
             requests.append(ops.AddSa(new))
             owners.append([i])
 
-        migrated: list[int] = []
+        migrated: dict[int, None] = {}  # an ordered set
         for policy in self.policies.values():
             for encap, members in self._migrate_groups(policy):
                 for start in range(0, len(members), c.XFRM_MAX_DEPTH):
@@ -261,7 +258,7 @@ class _Mover:
                     migrations = tuple(_migration(self.moves[i]) for i in chunk)
                     requests.append(ops.Migrate(policy.id, migrations, encap))
                     owners.append(chunk)
-                    migrated += [i for i in chunk if i not in migrated]
+                    migrated.update(dict.fromkeys(chunk))
         for i in migrated:
             requests.append(ops.GetSa(self.moves[i].moved.id, decode=False))
             owners.append([i])
