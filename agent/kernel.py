@@ -44,6 +44,7 @@ from agent.kernel_objects import (
     policy_key,
     without_keys,
 )
+from agent.logs import SaLogger
 from xfrm import KEEP, XfrmApi, ops
 from xfrm import constants as xc
 from xfrm import events as xev
@@ -274,8 +275,8 @@ class Kernel:
         if ("child", reqid) not in self._policy_sets:
             self._install_child_policies(child, info.local_ts, info.remote_ts)
         self._write_state_file()
-        logger.info("installed CHILD_SA %s: %08x_i %08x_o %s -> %s, reqid %#x%s", info.name, info.spi_in,
-                    info.spi_out, child.local, child.remote, reqid, ", ESP in UDP" if info.udp_encap else "")
+        _child_log(child).info("installed CHILD_SA %s: %08x_i %08x_o %s -> %s, reqid %#x%s", info.name, info.spi_in,
+                               info.spi_out, child.local, child.remote, reqid, ", ESP in UDP" if info.udp_encap else "")
         return child
 
     def _reqid_for_child(self, connection: str, name: str) -> int:
@@ -334,7 +335,7 @@ class Kernel:
                 if kernel_reqid == child.reqid:
                     self._forget_reqid(core_reqid)
         self._write_state_file()
-        logger.info("removed CHILD_SA %s: %08x_i %08x_o", child.name, child.spi_in, child.spi_out)
+        _child_log(child).info("removed CHILD_SA %s: %08x_i %08x_o", child.name, child.spi_in, child.spi_out)
 
     def _forget_reqid(self, core_reqid: int) -> None:
         reqid = self._kernel_reqids.pop(core_reqid, None)
@@ -391,7 +392,8 @@ class Kernel:
             raise KernelError(f"trap for {connection}/{child}: {error}") from error
         self._traps[(connection, child)] = reqid
         self._write_state_file()
-        logger.info("installed trap policies for %s/%s, %s -> %s, reqid %#x", connection, child, local, remote, reqid)
+        SaLogger(logger, connection, child_sa=child).info("installed trap policies for %s/%s, %s -> %s, reqid %#x",
+                                                          connection, child, local, remote, reqid)
 
     def remove_trap(self, connection: str, child: str) -> None:
         reqid = self._traps.pop((connection, child), None)
@@ -400,7 +402,7 @@ class Kernel:
         self._remove_policy_set(("trap", connection, child))
         self._reqids.release(reqid)
         self._write_state_file()
-        logger.info("removed trap policies for %s/%s", connection, child)
+        SaLogger(logger, connection, child_sa=child).info("removed trap policies for %s/%s", connection, child)
 
     def has_trap(self, connection: str, child: str) -> bool:
         return (connection, child) in self._traps
@@ -590,17 +592,18 @@ class Kernel:
         if child is None:
             return None
         if event.hard:
-            logger.warning("CHILD_SA %s %08x_i reached its hard lifetime; the kernel removed SA %s",
+            _child_log(child).warning("CHILD_SA %s %08x_i reached its hard lifetime; the kernel removed SA %s",
                            child.name, child.spi_in, event.sa.id)
             return ChildExpired(child.ike_sa, child.spi_in)
-        logger.info("CHILD_SA %s %08x_i reached its soft lifetime", child.name, child.spi_in)
+        _child_log(child).info("CHILD_SA %s %08x_i reached its soft lifetime", child.name, child.spi_in)
         return RekeyDue(child.ike_sa, child.spi_in)
 
     def _acquired(self, event: xev.Acquire) -> Decision | None:
         reqids = {template.reqid for template in event.policy.templates}
         for (connection, child), reqid in self._traps.items():
             if reqid in reqids:
-                logger.info("traffic %s matched the trap of %s/%s", event.selector, connection, child)
+                SaLogger(logger, connection, child_sa=child).info("traffic %s matched the trap of %s/%s",
+                                                                  event.selector, connection, child)
                 return TrapTriggered(connection, child)
         return None
 
@@ -643,6 +646,11 @@ class Kernel:
         except (OSError, ValueError, AttributeError) as error:
             logger.warning("ignoring unreadable %s: %s", self.state_file, error)
             return 0, 0
+
+
+def _child_log(child: InstalledChild) -> SaLogger:
+    """Return a logger that tags records with the CHILD_SA's connection, name and peer."""
+    return SaLogger(logger, child.connection, peer=child.remote, child_sa=child.name)
 
 
 def _delete_sa(sa_id: SaId) -> ops.DeleteSa:
