@@ -109,7 +109,7 @@ class Counters:
     packets_out: int = 0
 
 
-# What kernel events ask the daemon to do.
+# Decisions that kernel events lead to.
 
 @dataclass(frozen=True)
 class RekeyDue:
@@ -148,7 +148,7 @@ class MappingChanged:
 Decision = RekeyDue | ChildExpired | TrapTriggered | MappingChanged
 
 
-# Who installed a policy set: ("child", reqid) for a CHILD_SA and its rekeyed successors, or
+# The owner of a policy set: ("child", reqid) for a CHILD_SA and its rekeyed successors, or
 # ("trap", connection, child) for trap policies.
 Owner = tuple
 
@@ -583,7 +583,7 @@ class Kernel:
             if child is not None:
                 return MappingChanged(child.ike_sa, child.spi_in, str(event.new_src), event.new_sport)
         elif isinstance(event, xev.Overrun):
-            # Lost expire events: a missed soft expire leaves the hard one (and the core's DPD).
+            # Lost expire events: after a missed soft expire, the hard one still deletes the CHILD_SA.
             logger.warning("XFRM events were lost (receive buffer overrun)")
         return None
 
