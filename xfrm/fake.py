@@ -131,7 +131,7 @@ class _Entry:
 
 
 class _SaTable:
-    """The fake's SAs, indexed by (dst, spi, proto) and by outer addresses, as in the kernel."""
+    """The fake's SAs, indexed by (dst, spi, proto) and by outer addresses and reqid, as in the kernel."""
 
     def __init__(self) -> None:
         self._entries: dict[int, _Entry] = {}  # by serial number, in insertion order
@@ -147,7 +147,7 @@ class _SaTable:
 
     @staticmethod
     def _keys(sa: SecurityAssociation) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
-        return (sa.dst, sa.spi, sa.proto), (sa.src, sa.dst, sa.proto)
+        return (sa.dst, sa.spi, sa.proto), (sa.src, sa.dst, sa.proto, sa.reqid)
 
     def add(self, entry: _Entry) -> None:
         serial = next(self._serials)
@@ -166,8 +166,12 @@ class _SaTable:
     def with_spi(self, dst: Address, spi: int, proto: Proto) -> list[_Entry]:
         return list(self._by_spi.get((dst, spi, proto), {}).values())
 
-    def with_addresses(self, src: Address, dst: Address, proto: Proto) -> list[_Entry]:
-        return list(self._by_addresses.get((src, dst, proto), {}).values())
+    def with_addresses(self, src: Address, dst: Address, proto: Proto, reqid: int) -> list[_Entry]:
+        """Return the SAs between ``src`` and ``dst`` with ``reqid``; reqid 0 matches any."""
+        if reqid:
+            return list(self._by_addresses.get((src, dst, proto, reqid), {}).values())
+        return [entry for key, entries in self._by_addresses.items()
+                if key[:3] == (src, dst, proto) for entry in entries.values()]
 
 
 def _mark_key(mark: Mark | None) -> tuple[int, int]:
@@ -543,11 +547,9 @@ class FakeXfrm(XfrmApi):
         return min(candidates, key=lambda p: p.priority, default=None)
 
     def _migrate_state(self, item: Any, if_id: int) -> _Entry | None:
-        for entry in self.sas.with_addresses(item.old_src, item.old_dst, item.proto):
+        for entry in self.sas.with_addresses(item.old_src, item.old_dst, item.proto, item.reqid):
             sa = entry.sa
-            if (not entry.larval and sa.mode == item.mode
-                    and (item.reqid == 0 or sa.reqid == item.reqid)
-                    and (if_id == 0 or sa.if_id == if_id)):
+            if not entry.larval and sa.mode == item.mode and (if_id == 0 or sa.if_id == if_id):
                 return entry
         return None
 
