@@ -146,6 +146,8 @@ def migrate_obstacle(move: SaMove, features: KernelFeatures) -> str | None:
         return "XFRM_MSG_MIGRATE needs a policy with a template for the SA"
     if move.sa.encap is not None and move.new_encap is None:
         return "XFRM_MSG_MIGRATE cannot remove UDP encapsulation"
+    # NOTE: the probe does not show whether the kernel applies XFRMA_ENCAP in a
+    # MIGRATE; kernels from before that feature ignore it. Linux 6.1 applies it.
     return None
 
 

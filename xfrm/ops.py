@@ -79,7 +79,7 @@ class FlushSas:
 
 @dataclass(frozen=True)
 class AllocSpi:
-    """XFRM_MSG_ALLOCSPI: reserve an unused SPI in [low, high]; the result is the larval SA."""
+    """XFRM_MSG_ALLOCSPI: reserve an unused SPI in [low, high]. The result is the larval SA."""
 
     src: Address
     dst: Address
