@@ -1,4 +1,4 @@
-"""The lab's measuring tools: the probe sees outages, the capture sees cleartext."""
+"""The lab's measuring tools: the probe measures outages, the capture finds cleartext."""
 
 from __future__ import annotations
 

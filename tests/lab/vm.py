@@ -51,6 +51,9 @@ GUEST_MEMORY = "2G"
 # slow each other down enough to distort the traffic measurements.
 LOCK_PATH = Path("/tmp/rmobike-lab-vm.lock")
 LOCK_TIMEOUT = 3600.0  # seconds to wait for another lab VM to finish
+QUEUE_DIR = Path("/tmp/rmobike-lab-vm.queue")
+# A ticket this old belongs to a process that died and whose PID was reused.
+TICKET_EXPIRY = 3 * 3600.0  # seconds
 
 # Environment variables that choose the kernel and report where the lab runs.
 ENV_KERNEL = "RMOBIKE_LAB_KERNEL"  # path of a vmlinuz to boot instead of the newest
@@ -110,29 +113,68 @@ def vng_command(guest_command: str, kernel: Path | None = None,
     return argv
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _tickets_ahead(ticket: Path) -> list[Path]:
+    """Return the queue's tickets older than ``ticket``, removing those of dead processes."""
+    ahead = []
+    for other in sorted(QUEUE_DIR.iterdir()):
+        if other.name >= ticket.name:
+            break
+        issued_ns, _, pid = other.name.partition("-")
+        expired = time.time_ns() - int(issued_ns) > TICKET_EXPIRY * 1e9
+        if expired or not _process_alive(int(pid)):
+            other.unlink(missing_ok=True)
+            continue
+        ahead.append(other)
+    return ahead
+
+
 @contextlib.contextmanager
 def _vm_lock(timeout: float) -> Iterator[None]:
     # flock is released by the kernel when the process dies, so a crashed run
-    # never leaves a stale lock.
-    with open(LOCK_PATH, "a") as lock_file:
-        deadline = time.monotonic() + timeout
-        waiting_logged = False
-        while True:
+    # never leaves a stale lock. flock alone lets any waiter win the race when
+    # it is released, so waiters also queue: each takes a ticket named by the
+    # time it started waiting, and only the oldest live ticket tries the lock.
+    QUEUE_DIR.mkdir(exist_ok=True)
+    ticket = QUEUE_DIR / f"{time.time_ns():020d}-{os.getpid()}"
+    ticket.touch()
+    try:
+        with open(LOCK_PATH, "a") as lock_file:
+            _acquire(lock_file, ticket, timeout)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
+    finally:
+        ticket.unlink(missing_ok=True)
+
+
+def _acquire(lock_file: TextIO, ticket: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    waiting_logged = False
+    while True:
+        if not _tickets_ahead(ticket):
             try:
                 fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                return
             except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise LabError(f"timed out after {timeout:.0f} s waiting for "
-                                   f"another lab VM to finish (lock {LOCK_PATH})") from None
-                if not waiting_logged:
-                    log.warning("waiting for another lab VM to finish (lock %s)", LOCK_PATH)
-                    waiting_logged = True
-                time.sleep(1.0)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock_file, fcntl.LOCK_UN)
+                pass
+        if time.monotonic() > deadline:
+            raise LabError(f"timed out after {timeout:.0f} s waiting for "
+                           f"another lab VM to finish (lock {LOCK_PATH})")
+        if not waiting_logged:
+            log.warning("waiting for another lab VM to finish (lock %s)", LOCK_PATH)
+            waiting_logged = True
+        time.sleep(1.0)
 
 
 def _copy_lines(source: TextIO, lines: list[str], echo: TextIO | None) -> None:

@@ -64,8 +64,12 @@ def test_spec_rejects_invalid_lab(spec_arguments) -> None:
 
 def test_standard_spec() -> None:
     assert len(topology.STANDARD.gateways) == 2
-    assert all(gateway.uplinks == 2 and gateway.lan and not gateway.nat
-               for gateway in topology.STANDARD.gateways)
+    for gateway in topology.STANDARD.gateways:
+        assert gateway.uplinks == 2
+        assert gateway.lan
+        assert not gateway.nat
+    assert topology.STANDARD.ipv6
+    assert not topology.NAT_GW2.gateways[0].nat
     assert topology.NAT_GW2.gateways[1].nat
 
 
