@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from agent.control import DEFAULT_CONTROL_SOCKET
 from agent.duration import EXPECTED as DURATION_EXPECTED
 from agent.duration import DurationError, parse_duration
+from agent.ike.compat import load_pem_certificates
 from agent.ike.constants import IdType, NotifyType, ProtocolId
 from agent.ike.proposal import ProposalError, Transform, parse_proposal
 from agent.logs import LEVELS
@@ -511,7 +512,7 @@ def _certificate_file(value: Any) -> Path:
     data = _read_file(path, "certificate file")
     try:
         if b"-----BEGIN" in data:
-            x509.load_pem_x509_certificates(data)
+            load_pem_certificates(data)
         else:
             x509.load_der_x509_certificate(data)
     except ValueError as error:

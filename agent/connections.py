@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 
 from agent.config import Config, ConnectionConfig
 from agent.config import ChildConfig as ChildSettings
+from agent.ike.compat import load_pem_certificates
 from agent.ike.config import AuthKind, ChildConfig, EndpointSettings, IkeConfig, Identity
 from agent.ike.events import Mode
 from agent.ike.payloads import TrafficSelector
@@ -126,7 +127,7 @@ def _load_certificates(paths: tuple[Path, ...]) -> list[x509.Certificate]:
     for path in paths:
         data = path.read_bytes()
         if b"-----BEGIN" in data:
-            certificates += x509.load_pem_x509_certificates(data)
+            certificates += load_pem_certificates(data)
         else:
             certificates.append(x509.load_der_x509_certificate(data))
     return certificates

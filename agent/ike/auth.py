@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, paddin
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtensionOID
 
+from agent.ike.compat import not_valid_after, not_valid_before, verify_directly_issued_by
 from agent.ike.constants import AuthMethod, HashAlgorithm, IdType
 from agent.ike.crypto import Prf
 
@@ -523,7 +524,7 @@ def _extend_path(
         if candidate.subject != subject.issuer or any(candidate == seen for seen in path):
             continue
         try:
-            subject.verify_directly_issued_by(candidate)
+            verify_directly_issued_by(subject, candidate)
             is_anchor = candidate.public_bytes(Encoding.DER) in trusted_der
             _check_issuer(candidate, path, is_anchor, now)
         except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm, AuthError) as error:
@@ -564,10 +565,10 @@ def _check_issuer(issuer: x509.Certificate, path: list[x509.Certificate], is_anc
 
 
 def _check_certificate(cert: x509.Certificate, now: datetime) -> None:
-    if now < cert.not_valid_before_utc:
-        raise AuthError(f"certificate {_name(cert)} is not valid before {cert.not_valid_before_utc.isoformat()}")
-    if now > cert.not_valid_after_utc:
-        raise AuthError(f"certificate {_name(cert)} expired at {cert.not_valid_after_utc.isoformat()}")
+    if now < not_valid_before(cert):
+        raise AuthError(f"certificate {_name(cert)} is not valid before {not_valid_before(cert).isoformat()}")
+    if now > not_valid_after(cert):
+        raise AuthError(f"certificate {_name(cert)} expired at {not_valid_after(cert).isoformat()}")
     for extension in cert.extensions:
         if extension.critical and extension.oid not in _UNDERSTOOD_CRITICAL:
             raise AuthError(

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from agent.ike.compat import raw_public_bytes
 from agent.ike.constants import DhId, EncrId, IntegId, PrfId
 
 logger = logging.getLogger(__name__)
@@ -477,7 +478,7 @@ class _MontgomeryPrivate(DhPrivate):
     def __init__(self, group: _MontgomeryGroup, key) -> None:
         self.group = group
         self._key = key
-        self._public = key.public_key().public_bytes_raw()
+        self._public = raw_public_bytes(key.public_key())
 
     def public_bytes(self) -> bytes:
         return self._public
