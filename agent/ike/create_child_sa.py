@@ -438,6 +438,7 @@ class IkeRekeyInitiator(Initiator):
         else:
             _log(sa, logging.INFO, "IKE SA rekey collision: ours survives, deleting the old IKE SA")
             replace_ike_sa(sa, new_sa, now)
+            sa.redundant = peer_sa  # the peer deletes it, else sa.close() does
             sa.start(DeleteIkeInitiator(sa), now)
         return True
 
@@ -479,11 +480,28 @@ def replace_ike_sa(old: "IkeSa", new: "IkeSa", now: float) -> None:
     from .sa import IkeSaState
 
     new.predecessor = None
+    _hand_over_collision(old, new)
     old.move_children_to(new, now)
     old.state = IkeSaState.REKEYED
     old.rekey_at = None
     _log(old, logging.INFO, "IKE SA rekeyed, replaced by %s", new.tag)
     old.endpoint.emit(IkeSaRekeyed(old.unique_id, new.unique_id, new.name, new.spi_i, new.spi_r))
+
+
+def _hand_over_collision(old: "IkeSa", new: "IkeSa") -> None:
+    """Let `new` stand in for `old` in a pending IKE SA rekey collision.
+
+    `old` may be the IKE SA that the peer's rekey created while this side's own rekey of its
+    predecessor is under way (see IkeRekeyResponder). Until that collision resolves, the
+    CHILD_SAs stay on the predecessor. When `old` is rekeyed meanwhile, the CHILD_SAs must go
+    to `new` once the peer's side wins, not to `old`, which is about to be deleted.
+    """
+    predecessor, old.predecessor = old.predecessor, None
+    if predecessor is None or predecessor.peer_rekey is None or predecessor.peer_rekey[2] is not old:
+        return
+    peer_nonce_i, our_nonce_r, _ = predecessor.peer_rekey
+    predecessor.peer_rekey = (peer_nonce_i, our_nonce_r, new)
+    new.predecessor = predecessor
 
 
 class IkeRekeyResponder(Responder):

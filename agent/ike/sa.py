@@ -142,6 +142,7 @@ class IkeSa:
         "peer_rekey",
         "successor",
         "predecessor",
+        "redundant",
         "peer_deleted_spis",
         "timer_at",
         "mobility",
@@ -213,6 +214,11 @@ class IkeSa:
         # Set on an IKE SA that the peer created by rekeying while this side's own rekey of
         # `predecessor` was under way, until that collision is resolved.
         self.predecessor: IkeSa | None = None
+        # Set on the old IKE SA when this side's rekey won a collision: the IKE SA that the
+        # peer's losing rekey created here. Its creator deletes it (RFC 7296 §2.8.2), unless the
+        # peer dropped that rekey request because our Delete of the old IKE SA came first
+        # (§2.25.2). Then `close` deletes it.
+        self.redundant: IkeSa | None = None
         self.peer_deleted_spis: list[int] | None = None
         self.timer_at: float | None = None
 
@@ -746,6 +752,7 @@ class IkeSa:
         self.setup = None
         self.reassembly = None
         self.endpoint.remove(self)
+        self._delete_redundant(now)
         for exchange in carried:
             # For example a CHILD_SA Delete whose response was lost when the IKE SA was rekeyed:
             # the CHILD_SA moved to the successor, so the Delete is repeated there.
@@ -755,6 +762,25 @@ class IkeSa:
             level = logging.WARNING if isinstance(event, IkeSaFailed) else logging.INFO
             self.log(level, "IKE SA closed: %s", _describe_close(event))
             self.endpoint.emit(event)
+
+    def _delete_redundant(self, now: float) -> None:
+        """Delete the peer's redundant IKE SA from a rekey collision if the peer has not.
+
+        Once the peer has responded to our Delete of the old IKE SA, it has either sent its
+        Delete of the redundant IKE SA already or dropped the rekey request that created it
+        (RFC 7296 §2.25.2). In the second case only this side can delete it. Deletes that
+        cross are harmless because each side responds to the other's and closes the IKE SA
+        (§2.25.2). An old IKE SA that closes for another reason (the peer is dead) takes the
+        redundant one along the same way.
+        """
+        redundant, self.redundant = self.redundant, None
+        if redundant is None or redundant.state != IkeSaState.ESTABLISHED:
+            return
+        from .informational import DeleteIkeInitiator
+
+        redundant.log(logging.INFO, "the peer's redundant IKE SA from a rekey collision outlived %s, deleting it",
+                      self.tag)
+        redundant.start(DeleteIkeInitiator(redundant), now)
 
     def _movable_exchanges(self) -> list[Initiator]:
         """Return the running and queued exchanges that a successor IKE SA should take over."""

@@ -643,6 +643,67 @@ def test_ike_rekey_collision():
     assert not of_type(left.events(), IkeSaFailed)
 
 
+def assert_one_ike_sa_each(left, right):
+    """Check that both sides kept the same single IKE SA, with the same CHILD_SA."""
+    assert len(left.ike_sas) == 1, left.ike_sas
+    assert len(right.ike_sas) == 1, right.ike_sas
+    left_sa, right_sa = left.ike_sas[0], right.ike_sas[0]
+    assert (left_sa.spi_i, left_sa.spi_r) == (right_sa.spi_i, right_sa.spi_r)
+    assert left_sa.state == right_sa.state == IkeSaState.ESTABLISHED
+    left_child, right_child = only_child(left, left_sa.unique_id), only_child(right, right_sa.unique_id)
+    assert (left_child.spi_in, left_child.spi_out) == (right_child.spi_out, right_child.spi_in)
+
+
+def test_ike_rekey_collision_response_lost():
+    network, left, right, left_id, right_id, _ = established(*psk_pair())
+    # Both send HDR, SK {SA, Ni, KEi} on the old IKE SA, and both respond with HDR, SK {SA, Nr, KEr}.
+    left.rekey_ike(left_id, network.now)
+    right.rekey_ike(right_id, network.now)
+    network.step()
+    # The four nonces decide whose new IKE SA survives (RFC 7296 §2.8.2).
+    left_old, right_old = left.ike_sa(left_id), right.ike_sa(right_id)
+    left_nonces = (left_old.active.nonce, right_old.peer_rekey[1])
+    right_nonces = (right_old.active.nonce, left_old.peer_rekey[1])
+    winner, loser = (left, right) if min(right_nonces) < min(left_nonces) else (right, left)
+    # The winner's response to the loser's request is lost. The winner processes the loser's
+    # response, keeps its own new IKE SA and sends HDR, SK {D(IKE)} on the old one. The loser
+    # receives that Delete before its response, so it drops its own rekey request (RFC 7296
+    # §2.25.2). It never deletes the redundant IKE SA that its request created on the winner.
+    winner_host = LEFT[0] if winner is left else RIGHT[0]
+    network.deliver([p for p in network.take() if p.destination[0] == winner_host])
+    network.run(300)
+    # The winner deletes that IKE SA itself once the old one is gone. The loser has no such
+    # IKE SA and drops the Delete, so the winner closes it when its retransmissions run out.
+    assert_one_ike_sa_each(left, right)
+    assert len(of_type(winner.events(), IkeSaDeleted)) == 2
+    assert len(of_type(loser.events(), IkeSaDeleted)) == 1
+
+
+def test_ike_rekey_collision_pending_sa_rekeyed():
+    network, left, right, left_id, right_id, _ = established(*psk_pair())
+    # Both send HDR, SK {SA, Ni, KEi} on the old IKE SA; right's request is lost.
+    left.rekey_ike(left_id, network.now)
+    right.rekey_ike(right_id, network.now)
+    network.deliver([p for p in network.take() if p.destination[0] == RIGHT[0]])
+    # Right responds with HDR, SK {SA, Nr, KEr}. Its own rekey is still under way, so the collision is
+    # pending and the CHILD_SA stays on the old IKE SA until it resolves.
+    pending, = [sa for sa in right.ike_sas if sa.unique_id != right_id]
+    assert not pending.children
+    # Right rekeys the pending IKE SA: HDR, SK {SA, Ni, KEi} on it.
+    right.rekey_ike(pending.unique_id, network.now)
+    # Left processes right's response, replaces the old IKE SA and sends HDR, SK {D(IKE)} on
+    # it. It responds to the rekey of the pending one with HDR, SK {SA, Nr, KEr}.
+    network.step()
+    # The Delete is lost; right completes its rekey of the pending IKE SA first.
+    network.deliver([p for p in network.take() if p.exchange_type != ExchangeType.INFORMATIONAL])
+    # Left's retransmitted Delete (or left's TEMPORARY_FAILURE to right's retransmitted
+    # rekey of the old IKE SA) resolves the collision: the CHILD_SA moves to the IKE SA that
+    # replaced the pending one.
+    network.run(300)
+    assert_one_ike_sa_each(left, right)
+    assert not of_type(right.events(), ChildSaDeleted)
+
+
 def test_ike_rekey_timer():
     left_config, right_config = psk_pair({"rekey_time": 100.0})
     network, left, right, left_id, right_id, _ = established(left_config, right_config)
