@@ -41,7 +41,7 @@ def test_rmobiked_initiator_certs(interop_lab: Topology, rmobike_gw1: InteropPai
     pki = make_pki(tmp_path, {"gw1": "ecdsa-p256", "gw2": "rsa"})
     tunnel = Tunnel(suite=GCM, auth="pubkey", pki=pki)
     charon = rmobike_gw1.start_charon(tunnel)
-    daemon = rmobike_gw1.start_rmobiked(tunnel, start_action="start")
+    rmobike_gw1.start_rmobiked(tunnel, start_action="start")
 
     # rmobiked --> IKE_AUTH {IDi, CERT, CERTREQ, AUTH(DIGITAL_SIGNATURE, ecdsa-with-SHA256)} --> charon
     #          <-- IKE_AUTH {IDr, CERT, AUTH(DIGITAL_SIGNATURE, sha256WithRSAEncryption)} <--
@@ -55,7 +55,7 @@ def test_rmobiked_initiator_certs(interop_lab: Topology, rmobike_gw1: InteropPai
     assert "authentication of 'gw2.example.net' (myself) with RSA_EMSA_PKCS1_SHA2_256 successful" in log
 
     # The initiator deletes: rmobiked --> INFORMATIONAL {D(IKE)} --> charon
-    daemon.ctl("terminate", "site")
+    rmobike_gw1.control("terminate", name="site")
     wait_for_teardown(rmobike_gw1)
 
 

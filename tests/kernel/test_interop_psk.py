@@ -80,7 +80,7 @@ def test_charon_initiator_psk(interop_lab: Topology, rmobike_gw2: InteropPair) -
     assert view.ours["switch"] is False
 
     # The responder deletes: rmobiked --> INFORMATIONAL {D(IKE)} --> charon
-    daemon.ctl("terminate", "site")
+    rmobike_gw2.control("terminate", name="site")
     wait_for_teardown(rmobike_gw2)
     assert daemon.stop() == 0
 
@@ -105,6 +105,6 @@ def test_cbc_hmac_proposals(interop_lab: Topology, rmobike_gw1: InteropPair) -> 
     assert view.their_child["integ-alg"] == "HMAC_SHA2_256_128"
 
     # The initiator deletes: rmobiked --> INFORMATIONAL {D(IKE)} --> charon
-    daemon.ctl("terminate", "site")
+    rmobike_gw1.control("terminate", name="site")
     wait_for_teardown(rmobike_gw1)
     assert daemon.stop() == 0

@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
+from agent.control import ControlClient
 from tests.lab.capture import CleartextCapture
 from tests.lab.gateways import PSK, Rmobiked, identity
 from tests.lab.netns import Namespace
@@ -51,6 +53,7 @@ WAIT_TIMEOUT = 90.0  # seconds for a state change that needs an exchange; QEMU T
 # Seconds for rmobiked's control socket to respond. Python with cryptography and pyroute2 has
 # taken more than 30 s to start under QEMU TCG while the host was busy.
 DAEMON_START_TIMEOUT = 120.0
+CONTROL_TIMEOUT = 30.0  # seconds for one control command to rmobiked
 POLL_INTERVAL = 0.3  # seconds between two looks at list-sas or the kernel
 
 
@@ -434,6 +437,20 @@ class InteropPair:
                           timeout=DAEMON_START_TIMEOUT)
         return self.daemon
 
+    def control(self, command: str, **args: str) -> object:
+        """Send a control command to rmobiked from this process and return its result.
+
+        This does what rmobikectl does without starting a Python process for it, which takes
+        seconds under QEMU TCG. Raises agent.control.CommandFailed when rmobiked returns an
+        error.
+        """
+        assert self.daemon is not None
+        return ControlClient(self.daemon.control_socket, timeout=CONTROL_TIMEOUT).call(command, args)
+
+    def rmobike_ike_sas(self) -> list[dict]:
+        """Return rmobiked's IKE SAs of connection "site" (two during an IKE SA rekey)."""
+        return [sa for sa in self.control("list-sas")["ike_sas"] if sa["name"] == "site"]
+
     def logs(self) -> str:
         """Return the end of both logs, for assertion messages."""
         parts = []
@@ -490,26 +507,9 @@ class InteropPair:
                 shutil.copy(source, directory / name)
 
 
-def rmobike_ike_sas(daemon: Rmobiked) -> list[dict]:
-    """Return rmobiked's IKE SAs of connection "site" from list-sas (two during an IKE rekey)."""
-    return [sa for sa in daemon.list_sas()["ike_sas"] if sa["name"] == "site"]
-
-
-def rmobike_ike_sa(daemon: Rmobiked) -> dict | None:
-    """Return rmobiked's IKE SA of connection "site", or None unless it has exactly one."""
-    sas = rmobike_ike_sas(daemon)
-    return sas[0] if len(sas) == 1 else None
-
-
 def charon_ike_sas(charon: Charon) -> list[dict]:
     """Return charon's IKE SAs of connection "site" (two during an IKE rekey)."""
     return [ike_sa for name, ike_sa in charon.list_ike_sas() if name == "site"]
-
-
-def charon_ike_sa(charon: Charon) -> dict | None:
-    """Return charon's IKE SA of connection "site", or None unless it has exactly one."""
-    sas = charon_ike_sas(charon)
-    return sas[0] if len(sas) == 1 else None
 
 
 def installed_child(ike_sa: dict) -> dict | None:
@@ -541,9 +541,10 @@ class TunnelView:
 def tunnel_view(pair: InteropPair) -> TunnelView | None:
     """Return both ends' view if both have "site" ESTABLISHED with one installed "lan", else None."""
     assert pair.daemon is not None and pair.peer is not None
-    ours, theirs = rmobike_ike_sa(pair.daemon), charon_ike_sa(pair.peer)
-    if ours is None or theirs is None:
+    ours, theirs = pair.rmobike_ike_sas(), charon_ike_sas(pair.peer)
+    if len(ours) != 1 or len(theirs) != 1:
         return None
+    ours, theirs = ours[0], theirs[0]
     if ours["state"] != "ESTABLISHED" or theirs.get("state") != "ESTABLISHED":
         return None
     our_child, their_child = installed_child(ours), charon_child(theirs)
@@ -602,22 +603,27 @@ def settled(pair: InteropPair, view: TunnelView) -> bool:
 def probe_lans(topology: Topology, duration: float = 1.0,
                rate: float = 200.0) -> tuple[ProbeReport, ProbeReport, list]:
     """Send the LAN probe both ways under a cleartext capture; return (forward, backward, leaks)."""
+    forward = lan_probe(topology, "gw1", "gw2", duration=duration, rate=rate)
+    backward = lan_probe(topology, "gw2", "gw1", duration=duration, rate=rate)
     capture = CleartextCapture.on_uplinks(topology)
     capture.start()
     try:
-        forward = lan_probe(topology, "gw1", "gw2", duration=duration, rate=rate).run()
-        backward = lan_probe(topology, "gw2", "gw1", duration=duration, rate=rate).run()
+        # Both directions at once: each probe end is a Python process, and starting four of them
+        # one after the other takes long under QEMU TCG.
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            forward_report, backward_report = pool.submit(forward.run), pool.submit(backward.run)
+            reports = forward_report.result(), backward_report.result()
     finally:
         leaks = capture.stop()
-    return forward, backward, leaks
+    return reports[0], reports[1], leaks
 
 
 def wait_for_teardown(pair: InteropPair, timeout: float = WAIT_TIMEOUT) -> None:
     """Wait until neither end has an IKE SA and neither kernel has an ESP SA or a LAN policy."""
     assert pair.daemon is not None and pair.peer is not None
-    wait_until("rmobiked to remove its IKE SA", lambda: rmobike_ike_sa(pair.daemon) is None,
+    wait_until("rmobiked to remove its IKE SA", lambda: not pair.rmobike_ike_sas(),
                timeout, details=pair.logs)
-    wait_until("charon to remove its IKE SA", lambda: charon_ike_sa(pair.peer) is None,
+    wait_until("charon to remove its IKE SA", lambda: not charon_ike_sas(pair.peer),
                timeout, details=pair.logs)
     for who, namespace in (("rmobiked", pair.rmobike_namespace), ("charon", pair.charon_namespace)):
         wait_until(f"{who}'s kernel to have no ESP SA", lambda: not kernel_spis(namespace),

@@ -52,6 +52,8 @@ charon {{
     log {{
       path = {workdir}/charon.log
       time_format = %H:%M:%S
+      # Tests read the log while charon runs, so every line must be in the file at once.
+      flush_line = yes
       default = 1
       ike = 2
       knl = 2
