@@ -85,7 +85,12 @@ class Namespace:
                        capture_output=True, text=True, timeout=DEFAULT_TIMEOUT)
         self.deleted = False
         log.debug("created namespace %s", self.name)
-        self.run("ip link set lo up")
+        try:
+            subprocess.run(["ip", "-n", self.name, "link", "set", "lo", "up"], check=True,
+                           capture_output=True, text=True, timeout=DEFAULT_TIMEOUT)
+        except BaseException:
+            self.delete()
+            raise
 
     @property
     def path(self) -> str:

@@ -397,6 +397,35 @@ def _mac() -> str:
     return local_mac(next(_mac_numbers))
 
 
+class _Commands:
+    """``ip`` commands for several namespaces, run as one ``ip -batch`` per namespace and phase.
+
+    Under QEMU TCG every process start costs 0.1-0.5 s, so the builder
+    collects commands instead of running them one by one. The phases run in
+    order: "create" makes interfaces, "up" brings every end up, "configure"
+    adds addresses, rules and routes, and "rules6" adds IPv6 rules, which
+    need ``ip -6``. IPv6 installs an address's prefix route only on a link
+    with carrier, so routes come after both ends of every link are up.
+    """
+
+    PHASES = ("create", "up", "configure", "rules6")
+
+    def __init__(self) -> None:
+        self._commands: dict[str, dict[Namespace, list[str]]] = {
+            phase: {} for phase in self.PHASES}
+
+    def add(self, phase: str, namespace: Namespace, *commands: str) -> None:
+        """Queue ``commands`` for ``namespace`` in ``phase``, after those queued before."""
+        self._commands[phase].setdefault(namespace, []).extend(commands)
+
+    def run(self) -> None:
+        """Run every phase, each as one batch per namespace."""
+        for phase in self.PHASES:
+            options = ("-6",) if phase == "rules6" else ()
+            for namespace, commands in self._commands[phase].items():
+                namespace.batch(commands, options=options)
+
+
 def build(spec: LabSpec = STANDARD) -> Topology:
     """Create the network that ``spec`` describes; on failure, remove what was created."""
     router = Namespace("router")
@@ -412,12 +441,29 @@ def build(spec: LabSpec = STANDARD) -> Topology:
 
 def _build(topology: Topology) -> None:
     spec = topology.spec
-    router = topology.router
-    router.sysctl(_NO_DAD_SYSCTLS | _FORWARDING_SYSCTLS)
+    topology.router.sysctl(_NO_DAD_SYSCTLS | _FORWARDING_SYSCTLS)
+    commands = _Commands()
 
     for number, gateway_spec in enumerate(spec.gateways, start=1):
-        gateway = _build_gateway(topology, number, gateway_spec)
+        gateway = Gateway(name=f"gw{number}", number=number,
+                          namespace=_new_namespace(topology, f"gw{number}", forwarding=True))
+        if gateway_spec.nat:
+            gateway.nat = _new_namespace(topology, f"nat{number}", forwarding=True)
+        for index in range(gateway_spec.uplinks):
+            gateway.uplinks.append(_plan_uplink(topology, commands, gateway, index))
+        if gateway.nat is not None:
+            _plan_nat_routing(commands, gateway)
+        if gateway_spec.lan:
+            _plan_lan(topology, commands, gateway)
         topology.gateways.append(gateway)
+
+    commands.run()
+    for gateway in topology.gateways:
+        if gateway.nat is not None:
+            gateway.nat.run(["nft", "add table ip rmb_nat; "
+                             "add chain ip rmb_nat postrouting "
+                             "{ type nat hook postrouting priority srcnat; }; "
+                             'add rule ip rmb_nat postrouting oifname "out*" masquerade'])
 
     log.info("lab up: %s", ", ".join(
         f"{gateway.name} ({', '.join(str(uplink.public_address) for uplink in gateway.uplinks)})"
@@ -434,29 +480,14 @@ def _new_namespace(topology: Topology, role: str, forwarding: bool) -> Namespace
     return namespace
 
 
-def _build_gateway(topology: Topology, number: int, gateway_spec: GatewaySpec) -> Gateway:
-    name = f"gw{number}"
-    gateway = Gateway(name=name, number=number,
-                      namespace=_new_namespace(topology, name, forwarding=True))
-    if gateway_spec.nat:
-        gateway.nat = _new_namespace(topology, f"nat{number}", forwarding=True)
-
-    for index in range(gateway_spec.uplinks):
-        uplink = _build_uplink(topology, gateway, index)
-        gateway.uplinks.append(uplink)
-
-    if gateway.nat is not None:
-        _configure_nat(gateway)
-    if gateway_spec.lan:
-        _build_lan(topology, gateway)
-    return gateway
-
-
-def _build_uplink(topology: Topology, gateway: Gateway, index: int) -> Uplink:
-    """Connect one gateway uplink to the router, through the NAT box if there is one."""
+def _plan_uplink(topology: Topology, commands: _Commands, gateway: Gateway,
+                 index: int) -> Uplink:
+    """Plan one gateway uplink to the router, through the NAT box if there is one."""
     router = topology.router
+    near = gateway.namespace
     ipv6 = topology.spec.ipv6 and gateway.nat is None
     block = uplink_block(gateway.number, index)
+    block6 = uplink_block6(gateway.number, index)
     router_address = _host(block, 1)
     public = _host(block, 10)
     port = f"g{gateway.number}u{index}"
@@ -465,36 +496,32 @@ def _build_uplink(topology: Topology, gateway: Gateway, index: int) -> Uplink:
 
     # The router's side: a bridge carrying the router's address, so that the
     # router keeps its address and routes while the port to the gateway is down.
-    router_commands = [
-        f"link add {bridge} address {_mac()} type bridge forward_delay 0",
-        f"link set {bridge} up",
-        f"addr add {router_address} dev {bridge}",
-    ]
-    block6 = uplink_block6(gateway.number, index)
+    commands.add("create", router,
+                 f"link add {bridge} address {_mac()} type bridge forward_delay 0")
+    commands.add("up", router, f"link set {port} master {bridge}", f"link set {port} up",
+                 f"link set {bridge} up")
+    commands.add("configure", router, f"addr add {router_address} dev {bridge}")
     if ipv6:
-        router_commands.append(f"addr add {_host(block6, 1)} dev {bridge} nodad")
-    router.batch(router_commands)
+        commands.add("configure", router, f"addr add {_host(block6, 1)} dev {bridge} nodad")
 
     if gateway.nat is None:
-        near = gateway.namespace
         address, next_hop = public, router_address.ip
         far_namespace, far_interface = router, port
+        commands.add("create", near, f"link add {interface} address {_mac()} type veth "
+                                     f"peer name {port} address {_mac()} netns {router.name}")
     else:
-        # gateway --upK-- NAT box (inK ... outK) --port-- router
+        # gateway --upK-- (inK) NAT box (outK) --port-- router
         inside = nat_inside_network(gateway.number, index)
-        near = gateway.namespace
         address, next_hop = _host(inside, 10), _host(inside, 1).ip
         far_namespace, far_interface = gateway.nat, f"in{index}"
-        gateway.nat.batch([
-            f"link add out{index} address {_mac()} type veth peer name {port} "
-            f"address {_mac()} netns {router.name}",
-            f"link set out{index} up",
-            f"addr add {public} dev out{index}",
-            f"link add in{index} address {_mac()} type veth peer name {interface} "
-            f"address {_mac()} netns {near.name}",
-            f"link set in{index} up",
-            f"addr add {_host(inside, 1)} dev in{index}",
-        ])
+        commands.add("create", gateway.nat,
+                     f"link add out{index} address {_mac()} type veth peer name {port} "
+                     f"address {_mac()} netns {router.name}",
+                     f"link add in{index} address {_mac()} type veth peer name {interface} "
+                     f"address {_mac()} netns {near.name}")
+        commands.add("up", gateway.nat, f"link set out{index} up", f"link set in{index} up")
+        commands.add("configure", gateway.nat, f"addr add {public} dev out{index}",
+                     f"addr add {_host(inside, 1)} dev in{index}")
 
     uplink = Uplink(
         gateway_name=gateway.name, index=index, namespace=near, interface=interface,
@@ -505,78 +532,59 @@ def _build_uplink(topology: Topology, gateway: Gateway, index: int) -> Uplink:
         next_hop6=_host(block6, 1).ip if ipv6 else None,
     )
 
-    if gateway.nat is None:
-        near.batch([f"link add {interface} address {_mac()} type veth peer name {port} "
-                    f"address {_mac()} netns {router.name}"])
-    # The far end must be up first: IPv6 installs an address's prefix route
-    # only on a link with carrier, and the default route needs that route.
-    router.batch([f"link set {port} master {bridge}", f"link set {port} up"])
-
-    near_commands = [
-        f"link set {interface} up",
-        f"addr add {uplink.address} dev {interface}",
-        f"rule add from {uplink.address.ip} table {uplink.table} pref {1000 + index}",
-    ]
+    commands.add("up", near, f"link set {interface} up")
+    commands.add("configure", near, f"addr add {uplink.address} dev {interface}")
     if uplink.address6 is not None:
-        near_commands.append(f"addr add {uplink.address6} dev {interface} nodad")
-    near.batch(near_commands + uplink.route_commands())
-    if uplink.address6 is not None:
-        # Unlike routes, rules take their address family from -6, not from the address.
-        near.batch([f"rule add from {uplink.address6.ip} table {uplink.table} "
-                    f"pref {1000 + index}"], options=("-6",))
+        commands.add("configure", near, f"addr add {uplink.address6} dev {interface} nodad")
+        commands.add("rules6", near, f"rule add from {uplink.address6.ip} "
+                                     f"table {uplink.table} pref {1000 + index}")
+    commands.add("configure", near,
+                 f"rule add from {uplink.address.ip} table {uplink.table} pref {1000 + index}",
+                 *uplink.route_commands())
     return uplink
 
 
-def _configure_nat(gateway: Gateway) -> None:
-    """Route each inside link of the NAT box to its outside link and masquerade there."""
+def _plan_nat_routing(commands: _Commands, gateway: Gateway) -> None:
+    """Plan the NAT box's routes: each inside link leaves through its own outside link."""
     nat = gateway.nat
     assert nat is not None
-    commands = []
     for uplink in gateway.uplinks:
         index = uplink.index
         router_address = _host(uplink_block(gateway.number, index), 1).ip
         inside = nat_inside_network(gateway.number, index)
-        commands += [
-            f"route replace default via {router_address} dev out{index} table {100 + index}",
-            f"rule add iif in{index} table {100 + index} pref {1000 + index}",
-            f"rule add from {inside} table {100 + index} pref {1100 + index}",
-        ]
+        commands.add("configure", nat,
+                     f"route replace default via {router_address} dev out{index} "
+                     f"table {100 + index}",
+                     f"rule add iif in{index} table {100 + index} pref {1000 + index}",
+                     f"rule add from {inside} table {100 + index} pref {1100 + index}")
     first_router = _host(uplink_block(gateway.number, 0), 1).ip
-    commands.append(f"route replace default via {first_router} dev out0")
-    nat.batch(commands)
-    nat.run(["nft", "add table ip rmb_nat; "
-             "add chain ip rmb_nat postrouting { type nat hook postrouting priority srcnat; }; "
-             'add rule ip rmb_nat postrouting oifname "out*" masquerade'])
+    commands.add("configure", nat, f"route replace default via {first_router} dev out0")
 
 
-def _build_lan(topology: Topology, gateway: Gateway) -> None:
-    """Create the LAN host namespace behind ``gateway``."""
+def _plan_lan(topology: Topology, commands: _Commands, gateway: Gateway) -> None:
+    """Create the LAN host namespace behind ``gateway`` and plan its link."""
     number = gateway.number
     host = _new_namespace(topology, f"lan{number}", forwarding=False)
     gateway.lan_host = host
     gateway.lan_network = lan_network(number)
     gateway.lan_address = _host(gateway.lan_network, 1)
     gateway.lan_host_address = _host(gateway.lan_network, 10)
+    lan = gateway.lan_interface
 
-    gateway_commands = [
-        f"link add {gateway.lan_interface} address {_mac()} type veth peer name eth0 "
-        f"address {_mac()} netns {host.name}",
-        f"link set {gateway.lan_interface} up",
-        f"addr add {gateway.lan_address} dev {gateway.lan_interface}",
-    ]
-    host_commands = [
-        "link set eth0 up",
-        f"addr add {gateway.lan_host_address} dev eth0",
-        f"route add default via {gateway.lan_address.ip}",
-    ]
+    commands.add("create", gateway.namespace, f"link add {lan} address {_mac()} type veth "
+                                               f"peer name eth0 address {_mac()} "
+                                               f"netns {host.name}")
+    commands.add("up", gateway.namespace, f"link set {lan} up")
+    commands.add("up", host, "link set eth0 up")
+    commands.add("configure", gateway.namespace, f"addr add {gateway.lan_address} dev {lan}")
+    commands.add("configure", host, f"addr add {gateway.lan_host_address} dev eth0",
+                 f"route add default via {gateway.lan_address.ip}")
+
     if topology.spec.ipv6:
         gateway.lan_network6 = lan_network6(number)
         gateway.lan_host_address6 = _host(gateway.lan_network6, 0x10)
-        gateway_commands.append(f"addr add {_host(gateway.lan_network6, 1)} "
-                                f"dev {gateway.lan_interface} nodad")
-        host_commands += [
-            f"addr add {gateway.lan_host_address6} dev eth0 nodad",
-            f"route add default via {_host(gateway.lan_network6, 1).ip}",
-        ]
-    gateway.namespace.batch(gateway_commands)
-    host.batch(host_commands)
+        gateway_address6 = _host(gateway.lan_network6, 1)
+        commands.add("configure", gateway.namespace,
+                     f"addr add {gateway_address6} dev {lan} nodad")
+        commands.add("configure", host, f"addr add {gateway.lan_host_address6} dev eth0 nodad",
+                     f"route add default via {gateway_address6.ip}")

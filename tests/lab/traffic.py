@@ -161,7 +161,9 @@ class Probe:
 
     def _spawn(self, namespace: Namespace, arguments: list[str]) -> subprocess.Popen:
         env = dict(os.environ, PYTHONPATH=CHECKOUT)
-        return namespace.popen([sys.executable, "-m", "tests.lab.probe", *arguments],
+        # -S skips the site module: the probe needs only the standard library,
+        # and site's path scan is slow on the lab VM's 9p root filesystem.
+        return namespace.popen([sys.executable, "-S", "-m", "tests.lab.probe", *arguments],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env=env, cwd=CHECKOUT)
 
