@@ -19,7 +19,7 @@ pytestmark = pytest.mark.lab
 
 
 def _only_sa(daemon: Rmobiked) -> dict:
-    sas = daemon.list_sas()["ike_sas"]
+    sas = daemon.list_sas_cli()["ike_sas"]
     assert len(sas) == 1, sas
     return sas[0]
 
