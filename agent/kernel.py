@@ -48,7 +48,7 @@ from agent.logs import SaLogger
 from xfrm import KEEP, XfrmApi, ops
 from xfrm import constants as xc
 from xfrm import events as xev
-from xfrm.errors import BulkError, PolicyExists, PolicyNotFound, SaNotFound, XfrmError
+from xfrm.errors import PolicyExists, PolicyNotFound, SaNotFound, XfrmError
 from xfrm.model import Direction, Encap, Lifetime, Policy, SaId, SecurityAssociation, Template
 from xfrm.move import MoveError, MoveResult, SaMove
 
@@ -224,20 +224,20 @@ class Kernel:
         self._write_state_file()
 
     def _remove_owned(self) -> tuple[int, int]:
-        sas = [sa for sa in self.api.dump_sas() if owns_reqid(sa.reqid)]
+        """Delete every SA and policy in rmobike's ranges; return how many of each went."""
+        # The larval SA that the kernel creates for an ACQUIRE has SPI 0, and XFRM_MSG_DELSA
+        # cannot name it; it expires by itself (net.core.xfrm_acq_expires, 30 s by default).
+        sas = [sa for sa in self.api.dump_sas() if owns_reqid(sa.reqid) and sa.spi != 0]
         policies = [policy for policy in self.api.dump_policies() if owns_policy(policy)]
         if not sas and not policies:
             return 0, 0
-        batch = self.api.bulk()
-        for sa in sas:
-            batch.delete_sa(sa.id)
-        for policy in policies:
-            batch.delete_policy(policy.id)
-        try:
-            batch.commit()
-        except BulkError as error:
-            logger.error("removing SAs and policies in rmobike's ranges: %s", error)
-        return len(sas), len(policies)
+        requests = [ops.DeleteSa(sa.id) for sa in sas] + [ops.DeletePolicy(policy.id) for policy in policies]
+        results = self.api.execute(requests)
+        for result in results:
+            if isinstance(result, XfrmError) and not isinstance(result, (SaNotFound, PolicyNotFound)):
+                logger.error("removing state in rmobike's ranges: %s", result)
+        removed = [result is None for result in results]
+        return sum(removed[:len(sas)]), sum(removed[len(sas):])
 
     # --- SPIs ----------------------------------------------------------------------------------
 
