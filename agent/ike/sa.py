@@ -703,9 +703,17 @@ class IkeSa:
             self.remove_child(child)
 
     def child_by_outbound(self, spi_out: int) -> ChildSa | None:
-        for child in self.children.values():
-            if child.spi_out == spi_out:
-                return child
+        """Find a CHILD_SA by its outbound SPI on this IKE SA or, after rekeys, on a successor.
+
+        The peer may send a request about a CHILD_SA on the old IKE SA while the rekey that
+        moves the CHILD_SA to the new one completes (RFC 7296 §1.4 allows either IKE SA).
+        """
+        sa = self
+        while sa is not None:
+            for child in sa.children.values():
+                if child.spi_out == spi_out:
+                    return child
+            sa = sa.successor
         return None
 
     def owner_of(self, child: ChildSa) -> "IkeSa":

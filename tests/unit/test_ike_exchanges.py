@@ -745,6 +745,35 @@ def test_delete_child_simultaneous():
     assert not left.ike_sa(left_id).children
 
 
+def test_delete_child_during_ike_rekey():
+    network, left, right, left_id, right_id, _ = established(*psk_pair())
+    spi = only_child(left, left_id).spi_in
+    # Left sends HDR, SK {D(ESP, SPI)} while right sends HDR, SK {SA, Ni, KEi} for the IKE SA.
+    left.delete_child(left_id, spi, network.now)
+    right.rekey_ike(right_id, network.now)
+    requests = network.take()
+    delete, = [p for p in requests if p.destination[0] == RIGHT[0]]
+    # Left's Delete is delayed. Left responds to the rekey with HDR, SK {SA, Nr, KEr}, so right
+    # moves the CHILD_SA to the new IKE SA and sends HDR, SK {D(IKE)} on the old one.
+    network.deliver([p for p in requests if p is not delete])
+    network.step()
+    # The CHILD_SA Delete arrives on the old IKE SA (RFC 7296 §1.4: control messages for a
+    # CHILD_SA go on the IKE SA that created it or its successor). Right must delete the
+    # CHILD_SA, now on the new IKE SA, and respond with HDR, SK {D(ESP, SPI)}.
+    network.deliver([delete])
+    # Left receives that response before right's Delete of the old IKE SA.
+    delete_ike, delete_response = network.take()
+    assert delete_response.is_response
+    network.deliver([delete_response, delete_ike])
+    network.run()
+    right_deleted, = of_type(right.events(), ChildSaDeleted)
+    assert right_deleted.spi_out == spi
+    assert len(right.ike_sas) == 1
+    assert not right.ike_sas[0].children
+    assert len(left.ike_sas) == 1
+    assert not left.ike_sas[0].children
+
+
 @pytest.mark.parametrize("deleting_side", ["initiator", "responder"])
 def test_delete_ike(deleting_side):
     network, left, right, left_id, right_id, _ = established(*psk_pair())
