@@ -8,6 +8,7 @@ messages with what ``ip`` sends.
 
 from __future__ import annotations
 
+import functools
 import socket
 import struct
 from collections.abc import Iterator
@@ -152,24 +153,33 @@ def _name(raw: bytes) -> str:
 
 # --- selectors, lifetimes, marks ---------------------------------------------
 
+_SELECTOR_MEMBERS = ("daddr", "saddr", "dport", "dport_mask", "sport", "sport_mask", "family",
+                     "prefixlen_d", "prefixlen_s", "proto", "ifindex", "user")
+
+
+@functools.lru_cache(maxsize=None)
+def _member_names(prefix: str, members: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f"{prefix}.{member}" for member in members)
+
+
 def selector_values(sel: Selector | None, prefix: str) -> dict[str, Any]:
     """Return the xfrm_selector members of ``sel`` under ``prefix``; None is all zero."""
     if sel is None:
         return {}
-    return {
-        f"{prefix}.daddr": pack_address(sel.dst.network_address),
-        f"{prefix}.saddr": pack_address(sel.src.network_address),
-        f"{prefix}.dport": sel.dport,
-        f"{prefix}.dport_mask": sel.dport_mask,
-        f"{prefix}.sport": sel.sport,
-        f"{prefix}.sport_mask": sel.sport_mask,
-        f"{prefix}.family": sel.family,
-        f"{prefix}.prefixlen_d": sel.dst.prefixlen,
-        f"{prefix}.prefixlen_s": sel.src.prefixlen,
-        f"{prefix}.proto": sel.proto,
-        f"{prefix}.ifindex": sel.ifindex,
-        f"{prefix}.user": sel.user,
-    }
+    return dict(zip(_member_names(prefix, _SELECTOR_MEMBERS), (
+        pack_address(sel.dst.network_address),
+        pack_address(sel.src.network_address),
+        sel.dport,
+        sel.dport_mask,
+        sel.sport,
+        sel.sport_mask,
+        sel.family,
+        sel.dst.prefixlen,
+        sel.src.prefixlen,
+        sel.proto,
+        sel.ifindex,
+        sel.user,
+    )))
 
 
 def selector_from(values: dict[str, Any], prefix: str) -> Selector | None:
@@ -208,7 +218,9 @@ _LIFETIME_FIELDS = (
 )
 
 
+@functools.lru_cache(maxsize=1024)
 def lifetime_values(lifetime: Lifetime, prefix: str) -> dict[str, int]:
+    """Return the xfrm_lifetime_cfg members under ``prefix`` (cached: do not change the dict)."""
     values = {}
     for name, member, unlimited in _LIFETIME_FIELDS:
         value = getattr(lifetime, name)

@@ -1,10 +1,11 @@
-"""The NETLINK_XFRM socket: batches of requests with their acks, dumps, multicast groups.
+"""The NETLINK_XFRM socket: batches of requests, dumps, multicast groups.
 
-A batch sends many requests per ``sendmsg`` (the kernel processes every
-message of a datagram in order, and goes on after a failed one) and keeps at
-most ``window`` requests unanswered, so the acks always fit the receive
-buffer: an ack that does not fit is dropped by the kernel, and its request
-could not be matched any more.
+A batch sends many requests per ``sendmsg``. The kernel processes every
+message of a datagram in order and goes on after a failed one. It sends an
+error for each failure, data for each get, and an ack for the datagram's last
+request only. A datagram carries at most ``window`` requests, so that these
+responses fit the receive buffer: a response that does not fit is dropped by
+the kernel, and its request could not be matched any more.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ DEFAULT_RCVBUF = 32 << 20  # bytes; room for the acks of a full window and for e
 DEFAULT_SNDBUF = 4 << 20
 DEFAULT_TIMEOUT = 30.0  # seconds without any response before a request counts as lost
 CHUNK_BYTES = 64 << 10  # most request bytes per sendmsg
-# The kernel charges each queued ack with the size of its buffer (about
+# The kernel charges each queued response with the size of its buffer (about
 # 1-4 KiB), so the window follows the receive buffer actually granted.
 BYTES_PER_RESPONSE = 8 << 10
 MAX_WINDOW = 1024
@@ -107,50 +108,64 @@ class NetlinkSocket:
     def transact(self, requests: Sequence[tuple[int, int, bytes]]) -> list[Response]:
         """Send ``requests`` (type, flags, body) as one batch and return the responses, in order.
 
-        The response to a request with NLM_F_ACK is its ack; to one without
-        it, its first data message or an error. Raises NetlinkTimeout when no
-        response arrives for ``timeout`` seconds, and OSError(ENOBUFS) if the
-        kernel dropped responses.
+        A request with NLM_F_ACK succeeds unless an error message names it. A
+        request without it (a get) gets its first data message or an error.
+        Raises NetlinkTimeout when no response arrives for ``timeout``
+        seconds, and OSError(ENOBUFS) if the kernel dropped responses.
         """
         responses = [Response() for _ in requests]
-        pending: dict[int, int] = {}  # seq -> index of the request
-        next_index = 0
-        while next_index < len(requests) or pending:
-            next_index = self._send_some(requests, next_index, pending)
-            # Refill the window at half, so that sending and the kernel's
-            # work overlap; wait for everything once all is sent.
-            low_water = self.window // 2 if next_index < len(requests) else 0
-            self._collect(requests, responses, pending, low_water)
+        start = 0
+        while start < len(requests):
+            end, seqs = self._send_datagram(requests, start)
+            self._collect(requests, responses, start, end, seqs)
+            start = end
         return responses
 
-    def _send_some(self, requests: Sequence[tuple[int, int, bytes]], index: int,
-                   pending: dict[int, int]) -> int:
+    def _send_datagram(self, requests: Sequence[tuple[int, int, bytes]],
+                       start: int) -> tuple[int, dict[int, int]]:
+        """Send requests from ``start`` on in one datagram.
+
+        Returns the index after the last request sent, and the request index
+        of each sequence number used.
+
+        The kernel acks only the last request of the datagram. It processes
+        the messages of a datagram in order during sendmsg() and queues an
+        error for each one that fails, so when that ack arrives, every
+        request before it is done, and each one without an error succeeded.
+        Leaving out the other acks saves the kernel and this process one
+        message per request.
+        """
         chunk: list[bytes] = []
         size = 0
-        while index < len(requests) and len(pending) < self.window and size < CHUNK_BYTES:
+        seqs: dict[int, int] = {}
+        index = start
+        while index < len(requests) and index - start < self.window and size < CHUNK_BYTES:
             msg_type, flags, body = requests[index]
             seq = self.next_seq()
-            data = codec.message(msg_type, flags, seq, body)
-            chunk.append(data)
-            size += len(data)
-            pending[seq] = index
+            seqs[seq] = index
+            chunk.append(codec.message(msg_type, flags & ~c.NLM_F_ACK, seq, body))
+            size += len(chunk[-1])
             index += 1
-        if chunk:
-            self.sock.send(b"".join(chunk))
-        return index
+
+        # Ask for the ack of the last request, keeping its header otherwise.
+        last_type, last_flags, last_body = requests[index - 1]
+        chunk[-1] = codec.message(last_type, last_flags | c.NLM_F_ACK, seq, last_body)
+        self.sock.send(b"".join(chunk))
+        return index, seqs
 
     def _collect(self, requests: Sequence[tuple[int, int, bytes]], responses: list[Response],
-                 pending: dict[int, int], low_water: int) -> None:
-        """Read responses until at most ``low_water`` requests are unanswered."""
+                 start: int, end: int, seqs: dict[int, int]) -> None:
+        """Read the responses to requests[start:end] until the last one is acked."""
+        last = responses[end - 1]
         deadline = time.monotonic() + self.timeout
-        while len(pending) > low_water:
+        while not last.done:
             messages = self.receive(deadline - time.monotonic())
             if not messages:
                 raise NetlinkTimeout(errno_codes.ETIMEDOUT,
                                      f"no response from the kernel within {self.timeout} s "
-                                     f"({len(pending)} requests unanswered)")
+                                     f"({end - start} requests unanswered)")
             for msg_type, flags, seq, body in messages:
-                index = pending.get(seq)
+                index = seqs.get(seq)
                 if index is None:
                     continue  # a late response to an abandoned request
                 response = responses[index]
@@ -159,11 +174,18 @@ class NetlinkSocket:
                     response.done = True
                 elif msg_type >= c.XFRM_MSG_NEWSA:
                     response.replies.append((msg_type, bytes(body)))
-                    if not requests[index][1] & c.NLM_F_ACK:
-                        response.done = True
-                if response.done:
-                    del pending[seq]
+                    if index != end - 1:
+                        response.done = True  # the last request's ack follows its data
             deadline = time.monotonic() + self.timeout
+
+        for index in range(start, end - 1):
+            response = responses[index]
+            if response.done:
+                continue
+            response.done = True
+            if not requests[index][1] & c.NLM_F_ACK:
+                # A get that the kernel processed without sending data or an error.
+                response.errno, response.detail = errno_codes.EIO, "no reply from the kernel"
 
     def dump(self, msg_type: int, body: bytes = b"") -> list[tuple[int, bytes]]:
         """Run a dump request and return its messages as (type, body).

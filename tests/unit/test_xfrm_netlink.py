@@ -31,6 +31,12 @@ def ack(seq: int, number: int = 0, text: str = "") -> bytes:
     return codec.NLMSGHDR.pack(16 + len(body), c.NLMSG_ERROR, flags, seq, 0) + body
 
 
+def is_plain_ack(message: bytes) -> bool:
+    """Return whether ``message`` is an NLMSG_ERROR with error 0."""
+    msg_type = codec.NLMSGHDR.unpack_from(message)[1]
+    return msg_type == c.NLMSG_ERROR and struct.unpack_from("=i", message, 16)[0] == 0
+
+
 class StandInKernel:
     """Responds to requests on one end of a socketpair from a thread, one datagram per message."""
 
@@ -39,6 +45,7 @@ class StandInKernel:
         self.respond = respond
         self.requests: list[tuple[int, int, int, bytes]] = []
         self.datagrams = 0
+        self.ack_flags: list[list[bool]] = []  # per datagram: which requests asked for an ack
         self.unanswered_peak = 0  # maximum of requests received but without a response yet
         self.stopped = False
         self.thread = threading.Thread(target=self._serve, daemon=True)
@@ -59,11 +66,14 @@ class StandInKernel:
                 return
             self.datagrams += 1
             messages = list(split_messages(memoryview(data)))
+            self.ack_flags.append([bool(flags & c.NLM_F_ACK) for _, flags, _, _ in messages])
             self.unanswered_peak = max(self.unanswered_peak, len(messages))
             for msg_type, flags, seq, body in messages:
                 request = (msg_type, flags, seq, bytes(body))
                 self.requests.append(request)
                 for message in self.respond(*request):
+                    if is_plain_ack(message) and not flags & c.NLM_F_ACK:
+                        continue  # like the kernel: a success is acked only on request
                     self.kernel_end.send(message)
 
     def close(self) -> None:
@@ -232,3 +242,41 @@ def test_split_messages_stops_at_bad_length() -> None:
     messages = list(split_messages(memoryview(good + bad)))
 
     assert [(t, s, bytes(b)) for t, _, s, b in messages] == [(c.XFRM_MSG_NEWSA, 1, b"abcd")]
+
+
+def test_only_last_request_of_datagram_asks_for_ack(make_kernel) -> None:
+    kernel, sock = make_kernel(ack_all_but_every_third)
+    sock.window = 16
+    requests = [(c.XFRM_MSG_NEWPOLICY, c.NLM_F_REQUEST | c.NLM_F_ACK, struct.pack("=I", n))
+                for n in range(40)]
+
+    responses = sock.transact(requests)
+
+    assert kernel.ack_flags == [[False] * 15 + [True], [False] * 15 + [True], [False] * 7 + [True]]
+    assert [n for n, r in enumerate(responses) if r.errno] == list(range(2, 40, 3))
+    assert all(r.done for r in responses)
+
+
+def test_get_last_in_datagram_gets_data_then_ack(make_kernel) -> None:
+    def respond(msg_type: int, flags: int, seq: int, body: bytes) -> list[bytes]:
+        if msg_type == c.XFRM_MSG_GETSA:
+            return [codec.message(c.XFRM_MSG_NEWSA, 0, seq, b"data"), ack(seq)]
+        return [ack(seq)]
+
+    kernel, sock = make_kernel(respond)
+
+    responses = sock.transact([(c.XFRM_MSG_DELSA, c.NLM_F_REQUEST | c.NLM_F_ACK, bytes(24)),
+                               (c.XFRM_MSG_GETSA, c.NLM_F_REQUEST, bytes(24))])
+
+    assert kernel.ack_flags == [[False, True]]
+    assert responses[1] == Response(0, "", [(c.XFRM_MSG_NEWSA, b"data")], True)
+
+
+def test_get_without_data_is_an_error(make_kernel) -> None:
+    _, sock = make_kernel(lambda t, f, seq, b: [ack(seq)])
+
+    responses = sock.transact([(c.XFRM_MSG_GETSA, c.NLM_F_REQUEST, bytes(24)),
+                               (c.XFRM_MSG_DELSA, c.NLM_F_REQUEST | c.NLM_F_ACK, bytes(24))])
+
+    assert responses[0].errno == errno.EIO
+    assert responses[1].errno == 0
