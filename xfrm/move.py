@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -373,10 +374,16 @@ def move_sas(api: XfrmApi, moves: Sequence[SaMove],
     if not moves:
         return MoveResult((), (), ())
     mover = _Mover(api, moves, method)
+    started = time.monotonic()
     mover.step_guard_and_read()
+    guarded = time.monotonic()
     mover.step_move()
+    moved = time.monotonic()
     policies = mover.step_finish()
+    finished = time.monotonic()
     result = mover.result(policies)
+    log.debug("move of %d SAs: guard and read %.3f s, move %.3f s, finish %.3f s", len(moves),
+              guarded - started, moved - guarded, finished - moved)
 
     counts = {m: sum(1 for i, used in enumerate(mover.methods) if used is m and i not in mover.errors)
               for m in (MoveMethod.MIGRATE, MoveMethod.REPLACE)}

@@ -274,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="numbers of SA pairs to measure (default: 1000 10000)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    logging.getLogger("xfrm.move").setLevel(logging.DEBUG)  # the time of each move step
 
     rows = []
     for count in args.pairs:
