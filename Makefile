@@ -12,7 +12,7 @@ APT_PACKAGES := qemu-system-x86 linux-image-amd64 iproute2 nftables tcpdump proc
                 strongswan-charon strongswan-swanctl libstrongswan-standard-plugins \
                 libstrongswan-extra-plugins libsystemd-dev pkg-config gcc python3-dev
 
-.PHONY: all deps apt venv test unit lab bench demo deb rpm package-test clean
+.PHONY: all deps apt venv test unit lab interop bench demo deb rpm package-test clean
 
 all: test
 
@@ -43,8 +43,15 @@ test: deps unit lab
 unit: venv
 	$(PY) -m pytest -q tests/unit
 
+# The strongSwan interop tests run charon under QEMU TCG and take longer than the rest of the
+# lab together, so they have their own target and lab boot.
+INTEROP_TESTS := tests/kernel/test_interop_*.py tests/kernel/test_daemon_charon.py
+
 lab: deps
-	$(PY) -m tests.lab.run -q tests/kernel
+	$(PY) -m tests.lab.run -q -rfEs $(addprefix --ignore-glob=,$(INTEROP_TESTS)) tests/kernel
+
+interop: deps
+	$(PY) -m tests.lab.run -q -rfEs $(INTEROP_TESTS)
 
 bench: deps
 	$(PY) -m tests.bench.run
