@@ -204,13 +204,13 @@ class IkeEndpoint:
         self._flush_timers()
 
     def delete_ike(self, ike_sa: int, now: float) -> None:
-        from .informational import DeleteIkeInitiator
+        from .informational import RequestedDeleteIkeInitiator
 
         sa = self.ike_sa(ike_sa)
         if sa.state in (IkeSaState.CONNECTING, IkeSaState.HALF_OPEN):
             sa.close(now, IkeSaDeleted(sa.unique_id, sa.name, by_peer=False))
         else:
-            sa.start(DeleteIkeInitiator(sa), now)
+            sa.start(RequestedDeleteIkeInitiator(sa), now)
         self._flush_timers()
 
     def check_liveness(self, ike_sa: int, now: float) -> None:
@@ -343,10 +343,10 @@ class IkeEndpoint:
             self._index_peer(sa, sa.remote_identity)
         replaced = self._by_id.get(self._redirects.pop(sa.unique_id, 0))
         if replaced is not None and replaced.state == IkeSaState.ESTABLISHED:
-            from .informational import DeleteIkeInitiator
+            from .informational import RequestedDeleteIkeInitiator
 
             _log(replaced, logging.INFO, "IKE SA %s replaces it after the redirect, deleting it", sa.tag)
-            replaced.start(DeleteIkeInitiator(replaced), now)
+            replaced.start(RequestedDeleteIkeInitiator(replaced), now)
 
     def follow_redirect(self, sa: IkeSa, gateway: str, now: float) -> None:
         """Set up a new IKE SA with `gateway` after a REDIRECT (RFC 5685); the old one goes later."""

@@ -105,6 +105,21 @@ class DeleteIkeInitiator(Initiator):
         self.sa.close(now, IkeSaDeleted(self.sa.unique_id, self.sa.name, by_peer=False))
 
 
+class RequestedDeleteIkeInitiator(DeleteIkeInitiator):
+    """Delete of the IKE SA and its CHILD_SAs that the driver or a redirect requested.
+
+    When a rekey replaces the IKE SA before this request is sent, the request moves to the new
+    IKE SA along with the CHILD_SAs, unlike the Delete of the old IKE SA after a rekey. Sent on
+    the old IKE SA, it would remove nothing that the rekey initiator does not delete anyway.
+    Worse, if the peer rekeyed and our response was lost, the peer would drop its rekey request
+    on receiving the Delete (RFC 7296 §2.25.2), and the new IKE SA would remain on this side
+    only.
+    """
+
+    movable = True
+    __slots__ = ()
+
+
 class LivenessInitiator(Initiator):
     """An empty INFORMATIONAL request: the peer is alive if it responds (RFC 7296 §2.4)."""
 

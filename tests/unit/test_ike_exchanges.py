@@ -789,6 +789,28 @@ def test_delete_ike(deleting_side):
     assert not right.ike_sas
 
 
+def test_delete_ike_queued_during_peer_rekey():
+    network, left, right, left_id, right_id, _ = established(*psk_pair())
+    # Left runs a liveness check, HDR, SK {}, and queues the Delete of the IKE SA behind it.
+    left.check_liveness(left_id, network.now)
+    left.delete_ike(left_id, network.now)
+    # Right rekeys the IKE SA: HDR, SK {SA, Ni, KEi}.
+    right.rekey_ike(right_id, network.now)
+    network.step()
+    # Left responds with HDR, SK {SA, Nr, KEr}, so the CHILD_SA moves to left's new IKE SA.
+    # That response is lost. The Delete that left was asked for must follow the CHILD_SA to the
+    # new IKE SA. Sent on the old one, it would make right drop its rekey (RFC 7296 §2.25.2)
+    # and leave the new IKE SA with the CHILD_SA on left only.
+    packets = network.take()
+    rekey_response, = [p for p in packets if p.exchange_type == ExchangeType.CREATE_CHILD_SA]
+    network.deliver([p for p in packets if p is not rekey_response])
+    network.run(300)
+    assert not left.ike_sas
+    assert not right.ike_sas
+    assert of_type(left.events(), ChildSaDeleted)
+    assert of_type(right.events(), ChildSaDeleted)
+
+
 def test_delete_ike_peer_gone():
     network, left, right, left_id, _, _ = established(*psk_pair({"retransmit_tries": 1}))
     left.delete_ike(left_id, network.now)
