@@ -1,9 +1,9 @@
 """rmobiked against strongSwan's charon with certificates and RFC 7427 signatures, in both roles.
 
 Each test makes a CA (ECDSA P-256) and one certificate per gateway with the key types under
-test, brings the tunnel up, checks the SPIs, the traffic and the signature scheme each side
-verified, then deletes the IKE SA from one end. Between them the tests cover signing and
-verifying with ECDSA P-256, RSA (PKCS#1 v1.5 and PSS) and Ed25519 on both implementations.
+test, and brings the tunnel up. It checks the SPIs, the traffic and the signature scheme that
+charon logged, then deletes the IKE SA from one end. rmobiked signs with ECDSA P-256, RSA-PSS and
+Ed25519 and verifies RSA PKCS#1 v1.5, RSA-PSS and Ed25519 signatures from charon.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """rmobiked against strongSwan's charon with a pre-shared key, in both roles.
 
-Each test brings the tunnel up between rmobiked on one lab gateway and charon on the other,
-checks that both ends agree on the SPIs and that LAN traffic crosses the uplinks only as ESP,
-then deletes the IKE SA from one end and checks that both ends and both kernels let go of it.
-The lab network is shared by the tests of this module; each test starts its own daemons.
+Each test brings the tunnel up between rmobiked on one lab gateway and charon on the other. It
+checks that both ends agree on the SPIs and that LAN traffic crosses the uplinks only as ESP.
+Then one end deletes the IKE SA, and both ends and both kernels must drop it. The tests of this
+module share one lab network, and each test starts its own daemons.
 """
 
 from __future__ import annotations
@@ -47,6 +47,13 @@ def test_rmobiked_initiator_psk(interop_lab: Topology, rmobike_gw1: InteropPair)
     assert spi_mismatches(view) == []
     assert kernel_matches(rmobike_gw1, view) == []
     assert_traffic_encrypted(interop_lab)
+
+    # rmobikectl reports the SPIs that charon has, swapped where the direction differs.
+    cli_sa = daemon.list_sas()["ike_sas"][0]
+    assert cli_sa["spi_i"] == view.theirs["initiator-spi"]
+    assert cli_sa["spi_r"] == view.theirs["responder-spi"]
+    assert cli_sa["children"][0]["spi_in"] == view.their_child["spi-out"]
+    assert cli_sa["children"][0]["spi_out"] == view.their_child["spi-in"]
 
     # charon accepts MOBIKE_SUPPORTED with rmobike's flag octet and enables MOBIKE on the SA.
     assert "peer supports MOBIKE" in charon.log_text()

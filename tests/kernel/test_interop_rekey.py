@@ -1,6 +1,6 @@
 """CHILD_SA and IKE SA rekeys between rmobiked and strongSwan's charon, started by each side.
 
-charon rekeys when told to (`swanctl --rekey`); rmobiked rekeys on its own timers, so its test
+charon rekeys on request (`swanctl --rekey`). rmobiked rekeys on its own timers, so its test
 gives it short rekey times. After each rekey both ends must list the new SPIs, each kernel must
 contain the new ESP SAs and nothing of the old ones, and LAN traffic must still flow.
 """
@@ -31,8 +31,8 @@ pytestmark = pytest.mark.lab
 log = logging.getLogger(__name__)
 
 # rmobiked's timers in the test where it rekeys. The CHILD_SA soft lifetime ends 18-20 s after
-# it is installed and its hard lifetime 60 s after, so a slow rekey under QEMU TCG cannot let
-# it expire; the IKE SA rekeys 27-30 s after it is established.
+# it is installed and its hard lifetime 60 s after, so that a slow rekey under QEMU TCG does not
+# let it expire. The IKE SA rekeys 27-30 s after it is established.
 CHILD_REKEY_TIME = "20s"
 CHILD_LIFE_TIME = "60s"
 CHILD_RAND_TIME = "2s"

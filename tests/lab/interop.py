@@ -1,8 +1,8 @@
 """rmobiked against strongSwan's charon: configurations for both, certificates, checks.
 
-One side of the standard lab runs rmobiked, the other charon, with the same connection "site"
-and child "lan" written for both: the gateways' uplink addresses, their LAN subnets as traffic
-selectors, and either a pre-shared key or certificates from a throw-away CA.
+One gateway of the standard lab runs rmobiked and the other charon. Both get the same connection
+"site" with child "lan": the gateways' uplink addresses, their LAN subnets as traffic selectors,
+and either a pre-shared key or certificates from a throw-away CA.
 
 Example::
 
@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-WAIT_TIMEOUT = 90.0  # seconds for a state change that needs an exchange; QEMU TCG is slow
+WAIT_TIMEOUT = 90.0  # seconds for a state change that needs an exchange under QEMU TCG
 # Seconds for rmobiked's control socket to respond. Python with cryptography and pyroute2 has
 # taken more than 30 s to start under QEMU TCG while the host was busy.
 DAEMON_START_TIMEOUT = 120.0
@@ -93,8 +93,8 @@ class Pki:
 class Tunnel:
     """The connection both peers get, and the rekey times rmobiked uses.
 
-    `auth` is "psk" or "pubkey" (then `pki` is required). The rmobiked times are durations in
-    its config syntax; charon keeps strongSwan's defaults (IKE SA 4 h, CHILD_SA 1 h).
+    `auth` is "psk" or "pubkey", and "pubkey" requires `pki`. The rmobiked times are durations in
+    its config syntax. charon keeps strongSwan's defaults (IKE SA 4 h, CHILD_SA 1 h).
     """
 
     suite: Suite = GCM
@@ -128,11 +128,6 @@ def _private_key(key_type: str):
     if key_type == "ed25519":
         return ed25519.Ed25519PrivateKey.generate()
     raise ValueError(f"unknown key type {key_type!r}, expected one of {', '.join(KEY_TYPES)}")
-
-
-def _signature_hash(key):
-    # Ed25519 signs the message itself, so the builder takes no hash for it.
-    return None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
 
 
 def _write_key(path: Path, key) -> None:
@@ -354,7 +349,7 @@ def kernel_spis(namespace: Namespace) -> set[str]:
 
 
 def kernel_policies(namespace: Namespace) -> list[str]:
-    """Return the XFRM policies of `namespace` that are no socket policies, one string each.
+    """Return the XFRM policies of `namespace` except socket policies, one string each.
 
     Socket policies (the IKE daemons' bypass for their own sockets) belong to the sockets and
     go away with them.
@@ -566,8 +561,8 @@ def wait_for_tunnel(pair: InteropPair, timeout: float = WAIT_TIMEOUT,
 def spi_mismatches(view: TunnelView) -> list[str]:
     """Return how the SPIs of rmobiked and charon disagree; empty when they match.
 
-    IKE SPIs are the same on both ends; an inbound ESP SPI on one end is the outbound on the
-    other.
+    IKE SPIs are the same on both ends, and an inbound ESP SPI on one end is the outbound SPI on
+    the other.
     """
     pairs = [
         ("IKE SPI_i", view.ours["spi_i"], view.theirs["initiator-spi"]),
@@ -586,16 +581,16 @@ def kernel_matches(pair: InteropPair, view: TunnelView) -> list[str]:
     """
     expected = {view.our_child["spi_in"], view.our_child["spi_out"]}
     problems = []
-    for who, namespace in (("rmobiked", pair.rmobike_namespace), ("charon", pair.charon_namespace)):
+    for side, namespace in (("rmobiked", pair.rmobike_namespace), ("charon", pair.charon_namespace)):
         found = kernel_spis(namespace)
         if found != expected:
-            problems.append(f"{who}'s kernel has ESP SAs {sorted(found)}, expected {sorted(expected)}")
+            problems.append(f"{side}'s kernel has ESP SAs {sorted(found)}, expected {sorted(expected)}")
     return problems
 
 
 def settled(pair: InteropPair, view: TunnelView) -> bool:
-    """Return whether the tunnel is in a steady state: one CHILD_SA per end, SPIs agreeing, and
-    exactly its two ESP SAs in each kernel (so whatever a rekey replaced is gone)."""
+    """Return whether the tunnel is steady: one CHILD_SA per end, SPIs that agree, and only its
+    two ESP SAs in each kernel, so that whatever a rekey replaced is gone."""
     return (len(view.ours["children"]) == 1 and len(view.theirs.get("child-sas", {})) == 1
             and not spi_mismatches(view) and not kernel_matches(pair, view))
 
@@ -625,10 +620,10 @@ def wait_for_teardown(pair: InteropPair, timeout: float = WAIT_TIMEOUT) -> None:
                timeout, details=pair.logs)
     wait_until("charon to remove its IKE SA", lambda: not charon_ike_sas(pair.peer),
                timeout, details=pair.logs)
-    for who, namespace in (("rmobiked", pair.rmobike_namespace), ("charon", pair.charon_namespace)):
-        wait_until(f"{who}'s kernel to have no ESP SA", lambda: not kernel_spis(namespace),
+    for side, namespace in (("rmobiked", pair.rmobike_namespace), ("charon", pair.charon_namespace)):
+        wait_until(f"{side}'s kernel to have no ESP SA", lambda: not kernel_spis(namespace),
                    timeout, details=lambda: f"{kernel_spis(namespace)}\n{pair.logs()}")
-        wait_until(f"{who}'s kernel to have no policy", lambda: not kernel_policies(namespace),
+        wait_until(f"{side}'s kernel to have no policy", lambda: not kernel_policies(namespace),
                    timeout, details=lambda: f"{kernel_policies(namespace)}\n{pair.logs()}")
 
 
