@@ -86,7 +86,10 @@ class IkeEndpoint:
         self._events: deque[Event] = deque()
         self._timers: list[tuple[float, int, IkeSa]] = []
         self._timer_sequence = itertools.count()
-        self._dirty: set[IkeSa] = set()
+        # IKE SAs whose deadline may have changed. A dict keeps them in insertion order, so
+        # timers due at the same moment fire in a reproducible order; a set would order them by
+        # memory address, and seeded tests would not repeat.
+        self._dirty: dict[IkeSa, None] = {}
         self._unique_ids = itertools.count(1)
         self._reqids = itertools.count(1)
         self._cookie_secrets: list[bytes] = []  # newest last; index = version % 2**16
@@ -148,7 +151,7 @@ class IkeEndpoint:
             if sa.timer_at != at or sa.state == IkeSaState.CLOSED:
                 continue
             sa.timer_at = None
-            self._dirty.add(sa)
+            self.mark_dirty(sa)
             sa.handle_timer(now)
         self._flush_timers()
 
@@ -329,7 +332,7 @@ class IkeEndpoint:
         self._spis_in_use.discard(spi)
 
     def mark_dirty(self, sa: IkeSa) -> None:
-        self._dirty.add(sa)
+        self._dirty[sa] = None
 
     def has_other_sa(self, sa: IkeSa) -> bool:
         """Tell whether another IKE SA of the same connection and peer identity exists."""
@@ -417,7 +420,7 @@ class IkeEndpoint:
         new.schedule_rekey(now)
         self._register(new)
         self._index_peer(new, old.config.remote_id if new.initiator else new.remote_identity)
-        self._dirty.add(new)
+        self.mark_dirty(new)
         return new
 
     def remove(self, sa: IkeSa) -> None:
@@ -437,7 +440,7 @@ class IkeEndpoint:
     def _register(self, sa: IkeSa) -> None:
         self._sas[sa.our_spi] = sa
         self._by_id[sa.unique_id] = sa
-        self._dirty.add(sa)
+        self.mark_dirty(sa)
 
     def _forget_half_open(self, sa: IkeSa) -> None:
         key = self._half_open_keys.pop(sa, None)
@@ -471,14 +474,14 @@ class IkeEndpoint:
             # NOTE: RFC 7296 §2.21.4 allows an unprotected INVALID_IKE_SPI notify here; it is not sent.
             self.count("dropped_unknown_spi")
             return
-        self._dirty.add(sa)
+        self.mark_dirty(sa)
         sa.receive(data, header, local, remote, now)
 
     def _receive_init_request(self, data: bytes, header: tuple, local: Address, remote: Address, now: float) -> None:
         spi_i = header[0]
         existing = self._half_open.get((remote, spi_i))
         if existing is not None:
-            self._dirty.add(existing)
+            self.mark_dirty(existing)
             existing.receive(data, header, local, remote, now)
             return
         config = self._config_for_addresses(local, remote)
