@@ -20,8 +20,10 @@ from agent.netwatch.state import RTPROT_RMOBIKE
 from agent.uplinks import RouteResolver
 from tests.lab.netns import Namespace, local_mac
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0,
-                                reason="needs root to create a network namespace")
+# Marked lab so that `make test` runs it in the lab boot with the other kernel tests.
+pytestmark = [pytest.mark.lab,
+              pytest.mark.skipif(os.geteuid() != 0,
+                                 reason="needs root to create a network namespace")]
 
 EVENT_TIMEOUT = 10.0  # seconds; generous for `ip` under QEMU TCG in the lab VM
 ip = ipaddress.ip_address
