@@ -56,6 +56,7 @@ from agent.ike import (
 from agent.ike.config import IkeConfig
 from agent.ike.sa import IkeSa, IkeSaState
 from agent.kernel import ChildExpired, Kernel, KernelError, MappingChanged, RekeyDue, TrapTriggered
+from agent import mobility
 from agent.kernel_objects import lifetime_for
 from agent.logs import SaLogger
 from agent.netwatch.events import AddressAdded, AddressUsable, LinkUp, NetEvent, RouteChanged
@@ -187,7 +188,7 @@ class Manager:
 
     def next_deadline(self) -> float | None:
         """Return when `handle_timer` must run next, or None."""
-        candidates = [self.endpoint.next_timer()]
+        candidates: list[float | None] = [self.endpoint.next_timer()]
         candidates += [pending.at for pending in self.pending.values()]
         for record in self.records.values():
             candidates += [record.keepalive_at, record.dpd_at]
@@ -234,7 +235,7 @@ class Manager:
             self._trap_triggered(decision.connection, decision.child, now)
         elif isinstance(decision, MappingChanged):
             # NOTE: following a NAT mapping change (RFC 7296 §2.23) is left to MOBIKE updates.
-            self._log_for(decision.ike_sa).info("ESP from the peer now arrives from %s:%d",
+            self.log_for(decision.ike_sa).info("ESP from the peer now arrives from %s:%d",
                                                 decision.new_address, decision.new_port)
 
     # --- commands ------------------------------------------------------------------------------
@@ -271,14 +272,26 @@ class Manager:
         return f"deleting {len(sas)} IKE SA{'s' if len(sas) > 1 else ''} of {name!r}"
 
     def switch(self, name: str, to: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
-        """Move connection `name`'s IKE SA to local address `to`; raises CommandError."""
+        """Move connection `name`'s IKE SAs to local address `to`; raises CommandError.
+
+        As original initiator the IKE SA moves with a MOBIKE update (RFC 4555 §3.5); as original
+        responder it asks the peer with SWITCH_TO_IP_ADDRESS, or falls back as the core decides.
+        """
         self._connection(name)
-        if not self._sas_of(name):
-            raise CommandError(f"connection {name!r} has no IKE SA")
-        # TODO: needs the core's MOBIKE update (RFC 4555 §3.5) and SWITCH_TO_IP_ADDRESS, then
-        # Kernel.move_ike_sa for the CHILD_SAs.
-        raise CommandError(f"switch of {name!r} to {to} is not available yet: the IKE core cannot move an "
-                           "IKE SA (MOBIKE update) in this version")
+        sas = [sa for sa in self._live_sas_of(name) if sa.state == IkeSaState.ESTABLISHED]
+        if not sas:
+            raise CommandError(f"connection {name!r} has no established IKE SA")
+        local = self.paths.local_addresses()
+        if local is not None and str(to) not in local:
+            raise CommandError(f"{to} is not a usable local address; usable: {', '.join(sorted(local)) or 'none'}")
+        now = self.now()
+        for sa in sas:
+            try:
+                self.endpoint.switch_to(sa.unique_id, str(to), now, reason="operator request")
+            except ValueError as error:
+                raise CommandError(f"switch of {name!r} to {to}: {error}") from None
+        self._pump()
+        return f"switching {name!r} to {to}"
 
     def list_sas(self, name: str | None = None) -> list[IkeSaStatus]:
         """Return the IKE SAs (of connection `name`, if given) with their CHILD_SAs and counters."""
@@ -499,7 +512,7 @@ class Manager:
     def _install_child(self, ike_sa: int, info, rekey_of: int | None) -> None:
         record = self.records.get(ike_sa)
         connection_name = record.connection if record is not None else self._core_name(ike_sa)
-        log = self._log_for(ike_sa).child(info.name)
+        log = self.log_for(ike_sa).child(info.name)
         settings = self._child_settings(connection_name, info.name)
         jitter = self._jitter(settings.rand_time) if settings is not None else 0.0
         lifetime = lifetime_for(settings.rekey_time, settings.life_time, jitter) if settings else Lifetime()
@@ -517,11 +530,11 @@ class Manager:
 
     def _on_child_deleted(self, event: ChildSaDeleted) -> None:
         self.kernel.remove_child(event.spi_in)
-        self._log_for(event.ike_sa).child(event.name).info("CHILD_SA deleted: %08x_i %08x_o",
+        self.log_for(event.ike_sa).child(event.name).info("CHILD_SA deleted: %08x_i %08x_o",
                                                             event.spi_in, event.spi_out)
 
     def _on_child_failed(self, event: ChildSaFailed) -> None:
-        self._log_for(event.ike_sa).child(event.name or "?").warning("CHILD_SA failed: %s", event.reason)
+        self.log_for(event.ike_sa).child(event.name or "?").warning("CHILD_SA failed: %s", event.reason)
 
     # --- timers of the records -----------------------------------------------------------------
 
@@ -586,6 +599,10 @@ class Manager:
         """Return the IKE SAs of a connection that are being set up or established (not going away)."""
         return [sa for sa in self._sas_of(name) if sa.state in _LIVE_STATES]
 
+    def track(self, ike_sa: int, name: str) -> SaRecord:
+        """Return the record of an IKE SA of connection `name`, creating it if needed."""
+        return self._record(ike_sa, name)
+
     def _record(self, ike_sa: int, name: str) -> SaRecord:
         record = self.records.get(ike_sa)
         if record is None:
@@ -600,7 +617,8 @@ class Manager:
         except KeyError:
             return "?"
 
-    def _log_for(self, ike_sa: int) -> SaLogger:
+    def log_for(self, ike_sa: int) -> SaLogger:
+        """Return the logger tagged with the IKE SA (and its connection)."""
         record = self.records.get(ike_sa)
         return record.log if record is not None else SaLogger(logger, self._core_name(ike_sa))
 
@@ -650,4 +668,5 @@ _EVENT_HANDLERS: dict[type, Callable] = {
     ChildSaRekeyed: Manager._on_child_rekeyed,
     ChildSaDeleted: Manager._on_child_deleted,
     ChildSaFailed: Manager._on_child_failed,
+    **mobility.HANDLERS,
 }

@@ -23,9 +23,13 @@ AddressPair = tuple[str, str]  # (local address, remote address)
 
 
 class PathSelector(Protocol):
-    """The source of the best (local, remote) pair for a new IKE SA, or None without one."""
+    """The manager's view of the network: paths for new IKE SAs and the usable local addresses."""
 
-    def choose(self, connection: ConnectionConfig) -> AddressPair | None: ...
+    def choose(self, connection: ConnectionConfig) -> AddressPair | None:
+        """Return the best (local, remote) pair for a new IKE SA of `connection`, or None."""
+
+    def local_addresses(self) -> set[str] | None:
+        """Return the usable local addresses, or None when they are not known."""
 
 
 class KernelPaths:
@@ -49,6 +53,9 @@ class KernelPaths:
         logger.debug("%s: %d candidate paths, best %s -> %s", connection.name, len(candidates), best.local, best.remote)
         return str(best.local), str(best.remote)
 
+    def local_addresses(self) -> set[str] | None:
+        return {str(address.address) for address in self._state().usable_addresses()}
+
     def _lookup(self, remote, local) -> RouteLookup | None:
         try:
             return self._resolver.lookup(remote, src=local)
@@ -60,11 +67,16 @@ class KernelPaths:
 class FixedPaths:
     """PathSelector that returns configured pairs: the first single local and remote address.
 
-    For tests and for hosts without a netlink watcher.
+    For tests and for hosts without a netlink watcher. `local` lists the usable local addresses,
+    None when any address counts as usable.
     """
 
-    def __init__(self, paths: dict[str, AddressPair] | None = None) -> None:
+    def __init__(self, paths: dict[str, AddressPair] | None = None, local: set[str] | None = None) -> None:
         self.paths = dict(paths or {})
+        self.local = local
+
+    def local_addresses(self) -> set[str] | None:
+        return self.local
 
     def choose(self, connection: ConnectionConfig) -> AddressPair | None:
         if connection.name in self.paths:

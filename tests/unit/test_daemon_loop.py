@@ -105,7 +105,7 @@ def test_daemon_serves_and_stops(fake_kernel, config):
         trap_policies = len(fake_kernel.dump_policies())
         initiated = await call(config, "initiate", name="site")
         sas = await call(config, "list-sas")
-        with pytest.raises(CommandFailed, match="not available yet"):
+        with pytest.raises(CommandFailed, match="no established IKE SA"):
             await call(config, "switch", name="site", to="127.0.0.3")
 
         daemon._stop.set()

@@ -6,6 +6,7 @@ Gateway A (192.0.2.10, LAN 10.1.0.0/24) initiates to gateway B (198.51.100.20, L
 from __future__ import annotations
 
 import ipaddress
+import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,16 +27,18 @@ from xfrm.model import Direction, PolicyId, SaId, Selector
 A = "192.0.2.10"
 B = "198.51.100.20"
 A_INNER = "10.0.0.2"  # A's address behind a NAT, in the NAT tests
+A2 = "192.0.2.11"  # second addresses, in the switch tests
+B2 = "198.51.100.21"
 
 
-def config_text(local: str, remote: str, local_id: str, remote_id: str, local_ts: str, remote_ts: str, *,
+def config_text(local: str | list[str], remote: str | list[str], local_id: str, remote_id: str, local_ts: str, remote_ts: str, *,
                 start_action: str = "none", extra: str = "", agent: str = "") -> str:
     return f"""
 [agent]
 {agent}
 [connections.site]
-local_addrs = ["{local}"]
-remote_addrs = ["{remote}"]
+local_addrs = {json.dumps([local] if isinstance(local, str) else local)}
+remote_addrs = {json.dumps([remote] if isinstance(remote, str) else remote)}
 {extra}
 [connections.site.local]
 auth = "psk"
@@ -150,12 +153,15 @@ def seeded(seed: int):
 
 
 def make_pair(tmp_path: Path, *, a_action: str = "start", a_extra: str = "", b_extra: str = "", a_agent: str = "",
-              nat: bool = False, observe_b=None) -> Pair:
+              nat: bool = False, observe_b=None, second_addresses: bool = False) -> Pair:
     network = FakeNetwork()
     a_local = A_INNER if nat else A
-    a_config = write_config(tmp_path / "a.toml", config_text(a_local, B, "gw-a", "gw-b", "10.1.0.0/24", "10.2.0.0/24",
-                                                             start_action=a_action, extra=a_extra, agent=a_agent))
-    b_config = write_config(tmp_path / "b.toml", config_text(B, "192.0.2.0/24", "gw-b", "gw-a", "10.2.0.0/24",
+    a_addresses = [a_local, A2] if second_addresses else [a_local]
+    b_addresses = [B, B2] if second_addresses else [B]
+    a_config = write_config(tmp_path / "a.toml", config_text(a_addresses, b_addresses, "gw-a", "gw-b", "10.1.0.0/24",
+                                                             "10.2.0.0/24", start_action=a_action, extra=a_extra,
+                                                             agent=a_agent))
+    b_config = write_config(tmp_path / "b.toml", config_text(b_addresses, "192.0.2.0/24", "gw-b", "gw-a", "10.2.0.0/24",
                                                              "10.1.0.0/24", extra=b_extra))
     fake_a, fake_b = FakeXfrm(clock=lambda: 1e9), FakeXfrm(clock=lambda: 1e9)
     kernel_a = Kernel(fake_a, state_dir=tmp_path / "state-a")
@@ -165,6 +171,8 @@ def make_pair(tmp_path: Path, *, a_action: str = "start", a_extra: str = "", b_e
     b = Manager(b_config, kernel=kernel_b, transport=network.transport(observe_b), paths=FixedPaths(),
                 clock=lambda: network.now, random=seeded(2))
     network.hosts = {a_local: a, B: b}
+    if second_addresses:
+        network.hosts.update({A2: a, B2: b})
     if nat:
         network.nat = {A_INNER: A}
     return Pair(network, a, b, fake_a, fake_b)
@@ -298,12 +306,62 @@ def test_start_waits_for_path(tmp_path):
     assert only(pair.a.list_sas()).state == "ESTABLISHED"
 
 
-def test_switch_not_available(tmp_path):
-    pair = make_pair(tmp_path)
+def kernel_addresses(fake: FakeXfrm) -> set[tuple[str, str, int]]:
+    return {(str(sa.src), str(sa.dst), sa.spi) for sa in fake.dump_sas()}
+
+
+def switch_pair(tmp_path: Path) -> Pair:
+    pair = make_pair(tmp_path, a_extra="switch = true", b_extra="switch = true", second_addresses=True)
+    pair.bring_up()
+    return pair
+
+
+def test_switch_as_initiator(tmp_path):
+    pair = switch_pair(tmp_path)
+    child = only(only(pair.a.list_sas()).children)
+
+    message = pair.a.switch("site", ipaddress.ip_address(A2))
+    pair.network.deliver()
+
+    assert message == f"switching 'site' to {A2}"
+    assert only(pair.a.list_sas()).local_address == A2
+    assert only(pair.b.list_sas()).remote_address == A2
+    assert kernel_addresses(pair.fake_a) == {(B, A2, child.spi_in), (A2, B, child.spi_out)}
+    assert kernel_addresses(pair.fake_b) == {(A2, B, child.spi_out), (B, A2, child.spi_in)}
+    out = pair.fake_a.get_policy(PolicyId(Selector("10.1.0.0/24", "10.2.0.0/24"), Direction.OUT))
+    assert str(out.templates[0].src) == A2
+
+
+def test_switch_as_responder(tmp_path):
+    pair = switch_pair(tmp_path)
+    assert only(pair.b.list_sas()).switch is True
+    child = only(only(pair.b.list_sas()).children)
+
+    pair.b.switch("site", ipaddress.ip_address(B2))
+    pair.network.deliver()
+
+    assert only(pair.b.list_sas()).local_address == B2
+    assert only(pair.a.list_sas()).remote_address == B2
+    assert kernel_addresses(pair.fake_b) == {(A, B2, child.spi_in), (B2, A, child.spi_out)}
+    assert kernel_addresses(pair.fake_a) == {(B2, A, child.spi_out), (A, B2, child.spi_in)}
+
+
+def test_switch_to_foreign_address(tmp_path):
+    pair = switch_pair(tmp_path)
+    pair.a.paths = FixedPaths(local={A, A2})
+
+    with pytest.raises(CommandError, match="203.0.113.10 is not a usable local address"):
+        pair.a.switch("site", ipaddress.ip_address("203.0.113.10"))
+
+    assert only(pair.a.list_sas()).local_address == A
+
+
+def test_switch_without_sa(tmp_path):
+    pair = make_pair(tmp_path, a_action="none")
     pair.bring_up()
 
-    with pytest.raises(CommandError, match="not available yet"):
-        pair.a.switch("site", ipaddress.ip_address("203.0.113.10"))
+    with pytest.raises(CommandError, match="no established IKE SA"):
+        pair.a.switch("site", ipaddress.ip_address(A2))
 
 
 def test_soft_expire_rekeys(tmp_path):

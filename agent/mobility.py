@@ -1,0 +1,96 @@
+"""The manager's handlers of the IKE core's mobility events (MOBIKE, SWITCH_TO_IP_ADDRESS, redirect).
+
+| core event              | action                                                        |
+| ----------------------- | ------------------------------------------------------------- |
+| IkeSaAddressesChanged   | move every CHILD_SA of the IKE SA in the kernel (`Kernel.move_ike_sa`) |
+| PrepareInbound          | logged (inbound SAs at the new address are not prepared yet)  |
+| SwitchFailed, PathUpdateFailed | logged; the IKE SA stays on its path                   |
+| PathSuspect, PeerAddressesChanged, IkeSaRedirected | logged                             |
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from agent.ike.events import (
+    IkeSaAddressesChanged,
+    IkeSaRedirected,
+    PathSuspect,
+    PathUpdateFailed,
+    PeerAddressesChanged,
+    PrepareInbound,
+    SwitchFailed,
+)
+from agent.kernel import KernelError
+from xfrm.model import Encap
+
+if TYPE_CHECKING:
+    from agent.manager import Manager
+
+logger = logging.getLogger(__name__)
+
+
+def _path(local: tuple[str, int], remote: tuple[str, int]) -> str:
+    return f"{local[0]}:{local[1]} -> {remote[0]}:{remote[1]}"
+
+
+def on_addresses_changed(manager: "Manager", event: IkeSaAddressesChanged) -> None:
+    """Move the IKE SA's CHILD_SAs to its new addresses, keeping SPIs, keys and sequence numbers."""
+    log = manager.log_for(event.ike_sa)
+    log.update(peer=event.remote)
+    log.info("IKE SA moved from %s to %s, reason: %s", _path(event.old_local, event.old_remote),
+             _path(event.local, event.remote), event.reason or "unspecified")
+    # RFC 3948: ESP in UDP between the IKE SA's ports; the kernel reverses them for inbound SAs.
+    encap = Encap(event.local[1], event.remote[1]) if event.udp_encap else None
+    try:
+        manager.kernel.move_ike_sa(event.ike_sa, event.local[0], event.remote[0], encap)
+    except KernelError as error:
+        log.error("%s", error)
+
+
+def on_prepare_inbound(manager: "Manager", event: PrepareInbound) -> None:
+    # TODO: install the inbound SAs at event.local before the switch request leaves, so that ESP
+    # which the peer sends to the new address before the move completes is not dropped.
+    manager.log_for(event.ike_sa).info("asking the peer to move to %s:%d", event.local[0], event.local[1])
+
+
+def on_switch_failed(manager: "Manager", event: SwitchFailed) -> None:
+    manager.log_for(event.ike_sa).warning("switch to %s failed: %s", event.local[0], event.reason)
+
+
+def on_path_update_failed(manager: "Manager", event: PathUpdateFailed) -> None:
+    manager.log_for(event.ike_sa).warning("update to %s failed, staying on %s: %s", _path(event.local, event.remote),
+                                          _path(event.kept_local, event.kept_remote), event.reason)
+
+
+def on_path_suspect(manager: "Manager", event: PathSuspect) -> None:
+    # NOTE: no other paths are offered to the core yet (IkeEndpoint.probe_paths); the IKE SA
+    # recovers only if the current path comes back before the retransmissions run out.
+    manager.log_for(event.ike_sa).info("no response on %s for %.1f s", _path(event.local, event.remote),
+                                       event.silent_for)
+
+
+def on_peer_addresses_changed(manager: "Manager", event: PeerAddressesChanged) -> None:
+    manager.log_for(event.ike_sa).info("peer's additional addresses: %s", ", ".join(event.addresses) or "none")
+
+
+def on_redirected(manager: "Manager", event: IkeSaRedirected) -> None:
+    log = manager.log_for(event.ike_sa)
+    if event.new_ike_sa is None:
+        # NOTE: a gateway given as FQDN would need a DNS lookup, which rmobiked does not do.
+        log.warning("peer redirected the IKE SA to %s, which is not an IP address; not followed", event.gateway)
+        return
+    log.info("peer redirected the IKE SA to %s, new IKE SA %d", event.gateway, event.new_ike_sa)
+    manager.track(event.new_ike_sa, event.name)
+
+
+HANDLERS = {
+    IkeSaAddressesChanged: on_addresses_changed,
+    PrepareInbound: on_prepare_inbound,
+    SwitchFailed: on_switch_failed,
+    PathUpdateFailed: on_path_update_failed,
+    PathSuspect: on_path_suspect,
+    PeerAddressesChanged: on_peer_addresses_changed,
+    IkeSaRedirected: on_redirected,
+}
