@@ -41,7 +41,7 @@ def on_addresses_changed(manager: "Manager", event: IkeSaAddressesChanged) -> No
     log.update(peer=event.remote)
     log.info("IKE SA moved from %s to %s, reason: %s", _path(event.old_local, event.old_remote),
              _path(event.local, event.remote), event.reason or "unspecified")
-    # RFC 3948: ESP in UDP between the IKE SA's ports; the kernel reverses them for inbound SAs.
+    # RFC 3948: ESP in UDP between the IKE SA's ports; move_ike_sa reverses them for inbound SAs.
     encap = Encap(event.local[1], event.remote[1]) if event.udp_encap else None
     try:
         manager.kernel.move_ike_sa(event.ike_sa, event.local[0], event.remote[0], encap)
@@ -65,7 +65,7 @@ def on_path_update_failed(manager: "Manager", event: PathUpdateFailed) -> None:
 
 
 def on_path_suspect(manager: "Manager", event: PathSuspect) -> None:
-    # NOTE: no other paths are offered to the core yet (IkeEndpoint.probe_paths); the IKE SA
+    # NOTE: no other paths are offered to the core yet (IkeEndpoint.probe_paths). So the IKE SA
     # recovers only if the current path comes back before the retransmissions run out.
     manager.log_for(event.ike_sa).info("no response on %s for %.1f s", _path(event.local, event.remote),
                                        event.silent_for)
