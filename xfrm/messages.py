@@ -1,11 +1,11 @@
 """The XFRM netlink family as pyroute2 message classes, with every name from linux/xfrm.h.
 
 Each C struct of the header is a pyroute2 class whose ``fields`` list the
-struct's members in order. A nested struct is flattened into dotted names
-(``sel.daddr`` is ``p->sel.daddr`` in C), and explicit ``__pad`` fields stand
-for the compiler's padding, so the byte size of every class equals
-``sizeof`` of the C struct on Linux (checked in the unit tests against the
-bytes that ``ip xfrm`` sends).
+struct's members in order. A nested struct is flattened into dotted names:
+``sel.daddr`` is ``p->sel.daddr`` in C. Explicit ``__pad`` fields are the
+compiler's padding, so the byte size of every class equals ``sizeof`` of the
+C struct on Linux. The unit tests check this against the bytes that
+``ip xfrm`` sends.
 
 The classes serve two purposes:
 
