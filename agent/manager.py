@@ -162,6 +162,7 @@ class Manager:
         """Delete every IKE SA, informing the peers. The daemon waits for `idle`, then calls close()."""
         self.stopping = True
         self.pending.clear()
+        self.endpoint.configs = []  # no config matches a new IKE_SA_INIT now, so none is answered
         now = self.now()
         for sa in self.endpoint.ike_sas:
             self._core_call(self.endpoint.delete_ike, sa.unique_id, now)

@@ -571,3 +571,15 @@ def test_failed_start_retried_per_keyingtries(tmp_path):
     assert len(initiations) == 2  # two IKE SAs, each with its own SPIi
     assert pair.a.list_sas() == []
     assert pair.a.pending == {}
+
+
+def test_shutdown_answers_no_new_peer(tmp_path):
+    pair = make_pair(tmp_path, a_action="none")
+    pair.b.start()
+    pair.b.shutdown()
+
+    pair.a.initiate("site")
+    pair.network.deliver()
+
+    assert pair.b.idle
+    assert only(pair.a.list_sas()).state == "CONNECTING"
