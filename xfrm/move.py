@@ -232,8 +232,9 @@ class _Mover:
             if i in self.errors:
                 continue
             move = self.moves[i]
+            encap = sa.encap if move.encap is KEEP else move.encap  # KEEP: what the kernel has
             self.originals[i] = sa.replace(replay=info.replay, current=info.current)
-            self.replacements[i] = sa.replace(src=move.src, dst=move.dst, encap=move.new_encap,
+            self.replacements[i] = sa.replace(src=move.src, dst=move.dst, encap=encap,
                                               replay=info.replay, current=info.current)
         self.guarded = set(guarded)
 
