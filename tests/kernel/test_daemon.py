@@ -111,3 +111,44 @@ def test_restart_removes_leftovers(lab_topology: Topology) -> None:
     assert states == "", states
     assert "10.1.0.0/24" not in policies
     assert "left by an earlier run" in gw1.log_text()
+
+
+def _wait_for(daemon: Rmobiked, condition, timeout: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    sa: dict = {}
+    while time.monotonic() < deadline:
+        sas = daemon.list_sas()["ike_sas"]
+        if sas and condition(sas[0]):
+            return sas[0]
+        sa = sas[0] if sas else {}
+        time.sleep(0.5)
+    raise AssertionError(f"{daemon.name}: condition not met within {timeout:.0f} s; IKE SA: {sa}\n{daemon.log_tail()}")
+
+
+@pytest.mark.parametrize("mover", ["gw1", "gw2"], ids=["initiator", "responder"])
+def test_switch_moves_tunnel(lab_topology: Topology, mover: str) -> None:
+    gw2 = start_daemon(lab_topology, "gw2", "gw1", extra="switch = true")
+    gw1 = start_daemon(lab_topology, "gw1", "gw2", children=(ChildSpec(start_action="start"),),
+                       extra="switch = true")
+    before = gw1.wait_for_children()["ike_sas"][0]
+    gw2.wait_for_children()
+    daemons = {"gw1": gw1, "gw2": gw2}
+    moving, other = daemons[mover], daemons["gw2" if mover == "gw1" else "gw1"]
+    new_address = str(lab_topology.uplink(mover, 1).address.ip)
+
+    moving.ctl("switch", "site", "--to", new_address)
+
+    _wait_for(moving, lambda sa: sa["local_address"] == new_address)
+    _wait_for(other, lambda sa: sa["remote_address"] == new_address)
+    capture = CleartextCapture.on_uplinks(lab_topology)
+    capture.start()
+    report = lan_probe(lab_topology, "gw1", "gw2", duration=1.0, rate=200).run()
+    leaks = capture.stop()
+    after = gw1.list_sas()["ike_sas"][0]
+    assert report.received == report.sent, report.summary()
+    assert leaks == []
+    assert after["spi_i"] == before["spi_i"]
+    assert after["children"][0]["spi_in"] == before["children"][0]["spi_in"]
+    assert after["children"][0]["spi_out"] == before["children"][0]["spi_out"]
+    states, _ = kernel_state(lab_topology.gateway(mover).namespace)
+    assert new_address in states

@@ -13,6 +13,7 @@ import pytest
 
 from tests.lab.interop import (
     GCM,
+    GCM_PFS,
     InteropPair,
     Tunnel,
     TunnelView,
@@ -101,7 +102,8 @@ def test_charon_rekeys_child_and_ike(interop_lab: Topology, rmobike_gw1: Interop
 
 
 def test_rmobiked_rekeys_child_and_ike(interop_lab: Topology, rmobike_gw2: InteropPair) -> None:
-    tunnel = Tunnel(suite=GCM, auth="psk", ike_rekey_time=IKE_REKEY_TIME, child_rekey_time=CHILD_REKEY_TIME,
+    # With a DH group in the ESP proposal, each CHILD_SA rekey has its own key exchange (PFS).
+    tunnel = Tunnel(suite=GCM_PFS, auth="psk", ike_rekey_time=IKE_REKEY_TIME, child_rekey_time=CHILD_REKEY_TIME,
                     child_life_time=CHILD_LIFE_TIME, child_rand_time=CHILD_RAND_TIME)
     rmobike_gw2.start_rmobiked(tunnel)
     charon = rmobike_gw2.start_charon(tunnel)
@@ -109,8 +111,8 @@ def test_rmobiked_rekeys_child_and_ike(interop_lab: Topology, rmobike_gw2: Inter
     before = wait_for_tunnel(rmobike_gw2)
     assert spi_mismatches(before) == []
 
-    # On the kernel's soft expiry: rmobiked --> CREATE_CHILD_SA {N(REKEY_SA), SA, Ni, TSi, TSr}
-    # --> charon, <-- {SA, Nr, TSi, TSr} <--, then rmobiked deletes the old CHILD_SA.
+    # On the kernel's soft expiry: rmobiked --> CREATE_CHILD_SA {N(REKEY_SA), SA, Ni, KEi, TSi,
+    # TSr} --> charon, <-- {SA, Nr, KEr, TSi, TSr} <--, then rmobiked deletes the old CHILD_SA.
     probe = lan_probe(interop_lab, "gw2", "gw1", duration=30.0, rate=50)
     probe.start()
     child_rekeyed = wait_for_tunnel(
@@ -131,5 +133,6 @@ def test_rmobiked_rekeys_child_and_ike(interop_lab: Topology, rmobike_gw2: Inter
     assert spi_mismatches(ike_rekeyed) == []
     assert kernel_matches(rmobike_gw2, ike_rekeyed) == []
     assert len(charon.list_ike_sas()) == 1
+    assert ike_rekeyed.their_child["dh-group"] == "CURVE_25519"
     assert during.received > 0
     assert_traffic_encrypted(interop_lab)

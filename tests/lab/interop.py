@@ -70,6 +70,8 @@ class Suite:
 
 GCM = Suite(ike="aes256gcm16-prfsha384-x25519", esp="aes256gcm16")
 CBC = Suite(ike="aes128-sha256-modp3072", esp="aes128-sha256")
+# A DH group in the ESP proposal: CHILD_SA rekeys (not the first CHILD_SA) use a new DH exchange.
+GCM_PFS = Suite(ike="aes256gcm16-prfsha384-x25519", esp="aes256gcm16-x25519")
 
 
 @dataclass(frozen=True)
