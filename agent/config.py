@@ -121,6 +121,7 @@ class ConnectionConfig:
     mobike: bool
     switch: bool
     switch_min_interval: float
+    path_timeout: float
     dpd_delay: float
     rekey_time: float
     over_time: float
@@ -593,6 +594,7 @@ _CONNECTION_KEYS: dict[str, _Key] = {
     "mobike": _Key(_boolean, True),
     "switch": _Key(_boolean, False),
     "switch_min_interval": _Key(_duration, 1.0),
+    "path_timeout": _Key(_duration, 1.0),
     "dpd_delay": _Key(_duration, 0.0),
     "rekey_time": _Key(_duration, 4 * 3600.0),
     "over_time": _Key(_duration, None),

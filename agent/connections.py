@@ -70,6 +70,10 @@ def build_ike_config(connection: ConnectionConfig, config: Config) -> IkeConfig:
         remote_addrs=tuple(str(address) for address in connection.remote_addrs),
         mobike=connection.mobike,
         accept_switch=connection.switch,
+        switch_min_interval=connection.switch_min_interval,
+        # One knob for both silences: outbound ESP unanswered (agent.roaming) and an IKE request
+        # unanswered on the current path, after which the original initiator probes other paths.
+        path_suspect_after=connection.path_timeout or None,
         fragmentation=connection.fragmentation != "no",
         rekey_time=connection.rekey_time or None,
         # NOTE: reauth_time, over_time, encap = true and fragmentation = "accept" have no

@@ -78,6 +78,7 @@ class InstalledChild:
     mode: Mode
     inbound: SecurityAssociation
     outbound: SecurityAssociation
+    prepared: SaId | None = None  # a copy of the inbound SA at another local address (prepare_inbound)
 
     @property
     def local(self) -> str:
@@ -328,7 +329,7 @@ class Kernel:
         child = self._children.pop(spi_in, None)
         if child is None:
             return
-        self._delete_sas([child.inbound.id, child.outbound.id])
+        self._delete_sas([child.inbound.id, child.outbound.id, *([child.prepared] if child.prepared else [])])
         if not any(other.reqid == child.reqid for other in self._children.values()):
             self._remove_policy_set(("child", child.reqid))
             for core_reqid, kernel_reqid in list(self._kernel_reqids.items()):
@@ -490,6 +491,43 @@ class Kernel:
 
     # --- moves (MOBIKE) ------------------------------------------------------------------------
 
+    def prepare_inbound(self, ike_sa: int, local: str) -> int:
+        """Add, beside each inbound SA of `ike_sa`, a copy whose destination is `local`.
+
+        For SWITCH_TO_IP_ADDRESS: ESP that the peer sends to this host's new address before the
+        IKE SA has moved there finds a state. A copy has the SPI, keys and encapsulation of its
+        original, and the inbound policies accept it because their templates name the peer's
+        address only. `move_ike_sa` and `drop_prepared` delete the copies. Returns how many
+        were added; raises KernelError.
+        """
+        self.drop_prepared(ike_sa)
+        added = 0
+        for child in self.children_of(ike_sa):
+            if child.local == local:
+                continue
+            try:
+                original = self.api.get_sa(child.inbound.id)
+                copy = original.replace(dst=local, replay=None, current=None)
+                self.api.add_sa(copy)
+            except (XfrmError, ValueError) as error:
+                raise KernelError(f"CHILD_SA {child.name}: preparing inbound SA {child.spi_in:08x} at {local} "
+                                  f"failed: {error}") from error
+            child.prepared = copy.id
+            added += 1
+        if added:
+            self._write_state_file()
+        return added
+
+    def drop_prepared(self, ike_sa: int) -> None:
+        """Delete the inbound copies that prepare_inbound added for `ike_sa`."""
+        ids = []
+        for child in self.children_of(ike_sa):
+            if child.prepared is not None:
+                ids.append(child.prepared)
+                child.prepared = None
+        if ids:
+            self._delete_sas(ids)
+
     def move_ike_sa(self, ike_sa: int, local: str, remote: str, encap: Encap | None = KEEP) -> MoveResult:
         """Move every CHILD_SA of `ike_sa` to the outer addresses `local` <-> `remote`.
 
@@ -498,6 +536,9 @@ class Kernel:
         stay (RFC 4555 §3.5). Raises KernelError when a move failed; the records then hold
         the state after the attempt.
         """
+        # A prepared copy holds the (destination, SPI) that the moved inbound SA needs; deleting
+        # it first leaves no gap, because the move replaces it within the same call.
+        self.drop_prepared(ike_sa)
         children = self.children_of(ike_sa)
         moves = [move for child in children for move in self._child_moves(child, local, remote, encap)]
         if not moves:

@@ -56,7 +56,7 @@ from agent.ike import (
 from agent.ike.config import IkeConfig
 from agent.ike.sa import IkeSa, IkeSaState
 from agent.kernel import ChildExpired, Kernel, KernelError, MappingChanged, RekeyDue, TrapTriggered
-from agent import mobility
+from agent import mobility, roaming
 from agent.kernel_objects import lifetime_for
 from agent.logs import SaLogger
 from agent.netwatch.events import AddressAdded, AddressUsable, LinkUp, NetEvent, RouteChanged
@@ -96,6 +96,7 @@ class SaRecord:
     keepalive_at: float | None = None
     dpd_at: float | None = None
     dpd_packets_in: int = -1  # inbound ESP packets at the last liveness check
+    esp_watch: roaming.EspWatch | None = None  # the silence check of agent.roaming
 
 
 @dataclass
@@ -192,7 +193,7 @@ class Manager:
         candidates: list[float | None] = [self.endpoint.next_timer()]
         candidates += [pending.at for pending in self.pending.values()]
         for record in self.records.values():
-            candidates += [record.keepalive_at, record.dpd_at]
+            candidates += [record.keepalive_at, record.dpd_at, roaming.next_check(record)]
         times = [t for t in candidates if t is not None]
         return min(times) if times else None
 
@@ -208,10 +209,11 @@ class Manager:
         self._pump()
 
     def on_net_events(self, events: Sequence[NetEvent]) -> None:
-        """React to link, address and route changes: retry connections that wait for a path."""
+        """React to link, address and route changes: move IKE SAs off broken paths, retry waiting connections."""
         for event in events:
             logger.debug("network: %s", event)
-        # NOTE: moving established IKE SAs when their path fails (MOBIKE) is not done yet.
+        if events and not self.stopping:
+            roaming.replan_all(self, self.now(), _describe(events))
         if any(isinstance(e, (LinkUp, AddressAdded, AddressUsable, RouteChanged)) for e in events):
             now = self.now()
             if now - self._last_net_retry >= MIN_RETRY_SPACING:
@@ -453,6 +455,12 @@ class Manager:
             record.dpd_at = now + connection.dpd_delay
         self.pending.pop(event.name, None)
         self._attempts.pop(event.name, None)
+        roaming.start_watch(self, record, now)
+        try:
+            sa = self.endpoint.ike_sa(event.ike_sa)
+        except KeyError:
+            return
+        roaming.replan(self, sa, now, "established", move=False)
 
     def _on_ike_rekeyed(self, event: IkeSaRekeyed) -> None:
         old = self.records.pop(event.old, None)
@@ -461,7 +469,7 @@ class Manager:
         record.established = True
         record.log.update(spi_i=event.spi_i, spi_r=event.spi_r)
         if old is not None:
-            record.keepalive_at, record.dpd_at = old.keepalive_at, old.dpd_at
+            record.keepalive_at, record.dpd_at, record.esp_watch = old.keepalive_at, old.dpd_at, old.esp_watch
         record.log.info("IKE SA %d rekeyed into IKE SA %d", event.old, event.new)
 
     def _on_ike_closed(self, event: IkeSaDeleted | IkeSaFailed) -> None:
@@ -552,6 +560,13 @@ class Manager:
             record.keepalive_at = now + self.config.agent.keep_alive
         if record.dpd_at is not None and now >= record.dpd_at:
             self._check_peer(record, sa, now)
+        due = roaming.next_check(record)
+        if due is not None and now >= due:
+            roaming.check_silence(self, record, sa, now)
+
+    def heard_from(self, remote: str) -> float:
+        """Return when the last IKE datagram from `remote` arrived (-inf when never)."""
+        return self._heard_from.get(remote, float("-inf"))
 
     def _send_keepalive(self, sa: IkeSa) -> None:
         # RFC 3948 §2.3: from and to the ports of the UDP-encapsulated ESP, i.e. the IKE SA's.
@@ -649,6 +664,12 @@ class Manager:
             spi_i=sa.spi_i, spi_r=sa.spi_r, mobike=sa.mobike, switch=switch,
             nat_local=sa.nat_local, nat_remote=sa.nat_remote, children=tuple(children),
         )
+
+
+def _describe(events: Sequence[NetEvent]) -> str:
+    """Name a batch of network events for the logs, e.g. "LinkDown, AddressRemoved"."""
+    names = list(dict.fromkeys(type(event).__name__ for event in events))
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def _utc_now() -> datetime:

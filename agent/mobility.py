@@ -3,9 +3,11 @@
 | core event              | action                                                        |
 | ----------------------- | ------------------------------------------------------------- |
 | IkeSaAddressesChanged   | move every CHILD_SA of the IKE SA in the kernel (`Kernel.move_ike_sa`) |
-| PrepareInbound          | logged (inbound SAs at the new address are not prepared yet)  |
-| SwitchFailed, PathUpdateFailed | logged; the IKE SA stays on its path                   |
-| PathSuspect, PeerAddressesChanged, IkeSaRedirected | logged                             |
+| PrepareInbound          | copy the inbound SAs to the new local address (`Kernel.prepare_inbound`) |
+| SwitchFailed            | remove those copies; the IKE SA stays on its path              |
+| PathUpdateFailed        | logged; the IKE SA stays on its path                          |
+| PeerAddressesChanged    | new probe candidates (`agent.roaming.replan`)                 |
+| PathSuspect, IkeSaRedirected | logged (the core probes the candidates itself)           |
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from agent.ike.events import (
     PrepareInbound,
     SwitchFailed,
 )
+from agent import roaming
 from agent.kernel import KernelError
 from xfrm.model import Encap
 
@@ -50,12 +53,19 @@ def on_addresses_changed(manager: "Manager", event: IkeSaAddressesChanged) -> No
 
 
 def on_prepare_inbound(manager: "Manager", event: PrepareInbound) -> None:
-    # TODO: install the inbound SAs at event.local before the switch request leaves, so that ESP
-    # which the peer sends to the new address before the move completes is not dropped.
-    manager.log_for(event.ike_sa).info("asking the peer to move to %s:%d", event.local[0], event.local[1])
+    """Install inbound SAs at the new address before the switch request leaves (the manager
+    handles events before it sends), so ESP that the peer sends there early is not dropped."""
+    log = manager.log_for(event.ike_sa)
+    try:
+        count = manager.kernel.prepare_inbound(event.ike_sa, event.local[0])
+    except KernelError as error:
+        log.error("%s", error)
+        count = 0
+    log.info("asking the peer to move to %s:%d, %d inbound SAs ready there", event.local[0], event.local[1], count)
 
 
 def on_switch_failed(manager: "Manager", event: SwitchFailed) -> None:
+    manager.kernel.drop_prepared(event.ike_sa)
     manager.log_for(event.ike_sa).warning("switch to %s failed: %s", event.local[0], event.reason)
 
 
@@ -65,14 +75,18 @@ def on_path_update_failed(manager: "Manager", event: PathUpdateFailed) -> None:
 
 
 def on_path_suspect(manager: "Manager", event: PathSuspect) -> None:
-    # NOTE: no other paths are offered to the core yet (IkeEndpoint.probe_paths). So the IKE SA
-    # recovers only if the current path comes back before the retransmissions run out.
+    # The original initiator's core probes the candidates from agent.roaming by itself.
     manager.log_for(event.ike_sa).info("no response on %s for %.1f s", _path(event.local, event.remote),
                                        event.silent_for)
 
 
 def on_peer_addresses_changed(manager: "Manager", event: PeerAddressesChanged) -> None:
     manager.log_for(event.ike_sa).info("peer's additional addresses: %s", ", ".join(event.addresses) or "none")
+    try:
+        sa = manager.endpoint.ike_sa(event.ike_sa)
+    except KeyError:
+        return
+    roaming.replan(manager, sa, manager.now(), "peer's addresses changed", move=False)
 
 
 def on_redirected(manager: "Manager", event: IkeSaRedirected) -> None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -21,6 +22,20 @@ logger = logging.getLogger(__name__)
 
 AddressPair = tuple[str, str]  # (local address, remote address)
 
+# How many elements of `agent.uplinks.rank_paths`' sort key make one path worth moving to from
+# another: config priority, leaving through its own link, udev priority, deprecation. The
+# rest only breaks ties, and a tie is no reason to move an IKE SA that works.
+PREFERENCE_DEPTH = 4
+
+
+@dataclass(frozen=True)
+class RankedPath:
+    """A usable (local, remote) pair; a lower `preference` is worth a move, an equal one is not."""
+
+    local: str
+    remote: str
+    preference: tuple = ()
+
 
 class PathSelector(Protocol):
     """The manager's view of the network: paths for new IKE SAs and the usable local addresses."""
@@ -30,6 +45,9 @@ class PathSelector(Protocol):
 
     def local_addresses(self) -> set[str] | None:
         """Return the usable local addresses, or None when they are not known."""
+
+    def candidates(self, connection: ConnectionConfig, remotes: Sequence[str]) -> list[RankedPath] | None:
+        """Return the usable pairs from this host to `remotes`, best first; None when unknown."""
 
 
 class KernelPaths:
@@ -56,6 +74,16 @@ class KernelPaths:
     def local_addresses(self) -> set[str] | None:
         return {str(address.address) for address in self._state().usable_addresses()}
 
+    def candidates(self, connection: ConnectionConfig, remotes: Sequence[str]) -> list[RankedPath] | None:
+        state = self._state()
+        if not state.synced:
+            return None
+        links = {link.ifindex: link for link in state.links()}
+        marks = read_uplink_marks(links, self._udev_db_dir)
+        ranked = rank_paths(connection.local_addrs, [ipaddress.ip_address(r) for r in remotes],
+                            state.usable_addresses(), links, marks, self._lookup)
+        return [RankedPath(str(c.local), str(c.remote), c.rank[:PREFERENCE_DEPTH]) for c in ranked]
+
     def _lookup(self, remote, local) -> RouteLookup | None:
         try:
             return self._resolver.lookup(remote, src=local)
@@ -68,12 +96,23 @@ class FixedPaths:
     """PathSelector that returns configured pairs: the first single local and remote address.
 
     For tests and for hosts without a netlink watcher. `local` lists the usable local addresses,
-    None when any address counts as usable.
+    None when any address counts as usable. `ranked` gives each connection's usable pairs, best
+    first; without an entry the candidates are unknown and nothing moves.
     """
 
-    def __init__(self, paths: dict[str, AddressPair] | None = None, local: set[str] | None = None) -> None:
+    def __init__(self, paths: dict[str, AddressPair] | None = None, local: set[str] | None = None,
+                 ranked: dict[str, list[AddressPair]] | None = None) -> None:
         self.paths = dict(paths or {})
         self.local = local
+        self.ranked = dict(ranked or {})
+
+    def candidates(self, connection: ConnectionConfig, remotes: Sequence[str]) -> list[RankedPath] | None:
+        """Return the pairs given for the connection in `ranked`, each preferred over the next."""
+        pairs = self.ranked.get(connection.name)
+        if pairs is None:
+            return None
+        return [RankedPath(local, remote, (index,)) for index, (local, remote) in enumerate(pairs)
+                if remote in remotes]
 
     def local_addresses(self) -> set[str] | None:
         return self.local

@@ -24,7 +24,8 @@ import os
 import socket
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.netwatch import messages
@@ -253,6 +254,7 @@ class PathCandidate:
     remote: IPAddress
     ifindex: int  # the link that carries ``local``
     route: RouteLookup
+    rank: tuple = field(default=(), compare=False)  # rank_paths' sort key, lower is better
 
     @property
     def leaves_own_link(self) -> bool:
@@ -350,7 +352,7 @@ def rank_paths(local_addrs: Sequence[str | IPAddress | IPNetwork],
                 continue
             candidate = PathCandidate(address.address, remote, address.ifindex, route)
             rank = _rank(candidate, address, config_index, marks, kernel_choice, remote_index)
-            pairs.append((rank, address, candidate))
+            pairs.append((rank, address, dataclasses.replace(candidate, rank=rank)))
 
         if any(not address.deprecated for _, address, _ in pairs):
             pairs = [pair for pair in pairs if not pair[1].deprecated]
