@@ -41,7 +41,7 @@ CHECKS_PER_TIMEOUT = 4
 
 @dataclass
 class EspWatch:
-    """What the silence check remembers of an IKE SA's ESP counters."""
+    """The ESP counters of an IKE SA as the silence check last read them."""
 
     next_check: float
     packets_in: int = -1
@@ -82,11 +82,11 @@ def replan(manager: "Manager", sa: IkeSa, now: float, reason: str,
     log = manager.log_for(sa.unique_id)
     if decision is None:
         return
-    path, why = decision
+    path, cause = decision
     if path is None:
         log.warning("no usable path from any local address to %s; waiting for the network", ", ".join(remotes))
         return
-    log.info("path %s -> %s %s (%s), moving to %s -> %s", sa.local[0], sa.remote[0], why, reason or "network change",
+    log.info("path %s -> %s %s (%s), moving to %s -> %s", sa.local[0], sa.remote[0], cause, reason or "network change",
              path.local, path.remote)
     try:
         if sa.mobike_initiator:
@@ -98,7 +98,7 @@ def replan(manager: "Manager", sa: IkeSa, now: float, reason: str,
 
 
 def _decide(sa: IkeSa, ranked: list[RankedPath]) -> tuple[RankedPath | None, str] | None:
-    """Return (path to move to, why), (None, why) when no path is usable, or None to stay."""
+    """Return (path to move to, cause), (None, cause) when no path is usable, or None to stay."""
     if sa.mobike and sa.mobike_initiator:
         choices = ranked
     else:
@@ -130,7 +130,7 @@ def next_check(record: "SaRecord") -> float | None:
 
 
 def start_watch(manager: "Manager", record: "SaRecord", now: float) -> None:
-    """Begin watching the ESP counters of an established IKE SA, if its connection asks for it."""
+    """Begin watching the ESP counters of an established IKE SA, if its connection sets path_timeout."""
     connection = manager.config.connections.get(record.connection)
     if connection is None or connection.path_timeout <= 0:
         record.esp_watch = None
@@ -159,9 +159,9 @@ def check_silence(manager: "Manager", record: "SaRecord", sa: IkeSa, now: float)
     if packets_in != watch.packets_in:
         watch.last_in = now
     watch.packets_in, watch.packets_out = packets_in, packets_out
-    heard = max(watch.last_in, manager.heard_from(sa.remote[0]))
-    if not sending or now - heard < timeout or sa.state != IkeSaState.ESTABLISHED or sa.request is not None:
+    last_heard = max(watch.last_in, manager.heard_from(sa.remote[0]))
+    if not sending or now - last_heard < timeout or sa.state != IkeSaState.ESTABLISHED or sa.request is not None:
         return
-    record.log.info("ESP out, nothing from the peer for %.1f s: checking the path %s -> %s", now - heard,
+    record.log.info("ESP out, nothing from the peer for %.1f s: checking the path %s -> %s", now - last_heard,
                     sa.local[0], sa.remote[0])
     manager.endpoint.check_liveness(sa.unique_id, now)

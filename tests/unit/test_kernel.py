@@ -368,3 +368,43 @@ def test_move_ike_sa_keeps_spis(migrate, tmp_path):
     kernel.remove_child(info.spi_in)
     assert fake.dump_sas() == []
     assert fake.dump_policies() == []
+
+
+def test_prepare_inbound_adds_copy(fake, kernel):
+    info = make_info(kernel)
+    kernel.install_child(7, "site", info)
+
+    assert kernel.prepare_inbound(7, "198.51.100.30") == 1
+
+    copy = fake.get_sa(SaId("198.51.100.30", info.spi_in))
+    original = fake.get_sa(SaId(LOCAL, info.spi_in))
+    assert copy.aead.key == original.aead.key
+    assert copy.src == original.src
+    assert copy.reqid == original.reqid
+
+
+def test_move_replaces_prepared_copy(fake, kernel):
+    info = make_info(kernel)
+    kernel.install_child(7, "site", info)
+    fake.count_traffic(SaId(LOCAL, info.spi_in), packets=3)
+    kernel.prepare_inbound(7, "198.51.100.30")
+
+    kernel.move_ike_sa(7, "198.51.100.30", REMOTE)
+
+    moved = fake.get_sa(SaId("198.51.100.30", info.spi_in))
+    assert moved.current.packets == 3  # the original, with its counters, not the copy
+    assert {(str(sa.dst), sa.spi) for sa in fake.dump_sas()} == {("198.51.100.30", info.spi_in),
+                                                                  (REMOTE, info.spi_out)}
+
+
+def test_drop_prepared_and_remove_child(fake, kernel):
+    info = make_info(kernel)
+    kernel.install_child(7, "site", info)
+    kernel.prepare_inbound(7, "198.51.100.30")
+
+    kernel.drop_prepared(7)
+    assert len(fake.dump_sas()) == 2
+
+    kernel.prepare_inbound(7, "198.51.100.30")
+    kernel.remove_child(info.spi_in)
+    assert fake.dump_sas() == []

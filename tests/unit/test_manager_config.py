@@ -19,6 +19,8 @@ local_addrs = {local_addrs}
 remote_addrs = {remote_addrs}
 rekey_time = "{rekey_time}"
 switch = true
+path_timeout = "{path_timeout}"
+switch_min_interval = "5s"
 fragmentation = "{fragmentation}"
 [connections.site.local]
 auth = "psk"
@@ -39,7 +41,7 @@ secret = "0x00112233445566778899aabbccddeeff"
 
 def load(tmp_path, **values):
     settings = dict(local_addrs='["192.0.2.10"]', remote_addrs='["198.51.100.20"]', rekey_time="4h",
-                    fragmentation="yes", local_ts='["10.1.0.0/24"]', remote_ts='["10.2.0.0/24"]', mode="tunnel")
+                    fragmentation="yes", path_timeout="1s", local_ts='["10.1.0.0/24"]', remote_ts='["10.2.0.0/24"]', mode="tunnel")
     settings.update(values)
     path = tmp_path / "rmobike.toml"
     path.write_text(BASE.format(**settings))
@@ -72,6 +74,22 @@ def test_protocol_settings(tmp_path):
     assert ike.local_addrs == ("192.0.2.10",)
     assert endpoint_settings(config).ike_port == 1500
     assert endpoint_settings(config).natt_port == 14500
+
+
+def test_path_timeout_and_switch_interval(tmp_path):
+    config, connection = load(tmp_path, path_timeout="500ms")
+
+    ike = build_ike_config(connection, config)
+
+    assert connection.path_timeout == 0.5
+    assert ike.path_suspect_after == 0.5
+    assert ike.switch_min_interval == 5.0
+
+
+def test_path_timeout_zero_disables(tmp_path):
+    config, connection = load(tmp_path, path_timeout="0s")
+
+    assert build_ike_config(connection, config).path_suspect_after is None
 
 
 def test_child_leaves_rekey_to_kernel(tmp_path):
