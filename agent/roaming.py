@@ -50,14 +50,18 @@ class EspWatch:
 
 
 def replan_all(manager: "Manager", now: float, reason: str) -> None:
-    """After network events: announce the usable addresses, then check every IKE SA's path."""
-    addresses = manager.paths.local_addresses()
-    if addresses is not None:
-        manager.endpoint.update_local_addresses(None, sorted(addresses), now)
+    """After network events: check every IKE SA's path, then announce the usable addresses.
+
+    Moves go first: an address list request sent before the update would leave on the dead
+    path and hold the peer's message window until it is retransmitted.
+    """
     ranked_cache: dict[tuple, list[RankedPath] | None] = {}
     for sa in manager.endpoint.ike_sas:
         if _movable(sa):
             replan(manager, sa, now, reason, ranked_cache)
+    addresses = manager.paths.local_addresses()
+    if addresses is not None:
+        manager.endpoint.update_local_addresses(None, sorted(addresses), now)
 
 
 def replan(manager: "Manager", sa: IkeSa, now: float, reason: str,
