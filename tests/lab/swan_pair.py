@@ -1,9 +1,10 @@
 """strongSwan on both gateways: the reference tunnel that the roaming scenarios compare against.
 
 CharonPair implements the TunnelPair protocol of tests/lab/scenarios.py with one charon per
-gateway. Both get connection "site" with child "lan" as tests.lab.interop writes it: MOBIKE on
+gateway. Both get connection "site" with child "lan" as RmobikePair configures rmobiked: MOBIKE on
 (strongSwan's default, stated anyway), every uplink address of both gateways in local_addrs and
-remote_addrs, the lab's proposals and PSK. Everything else keeps strongSwan's documented
+remote_addrs, each gateway's own uplink prefixes after its addresses (so that a renumbered
+address is still a local address of the connection), the lab's proposals and PSK. Everything else keeps strongSwan's documented
 defaults, no dead peer detection (dpd_delay 0) included, because those defaults are what rmobike
 is compared against. charon's kernel-netlink interface also waits 100 ms before it acts on an
 address or route change (ROAM_DELAY, a constant in strongSwan's source, not a setting).
@@ -27,7 +28,8 @@ import shutil
 import time
 from pathlib import Path
 
-from tests.lab.interop import GCM, Tunnel, charon_child, kernel_spis, swanctl_conf
+from tests.lab.gateways import PSK, identity
+from tests.lab.interop import GCM, Suite, charon_child, kernel_spis
 from tests.lab.strongswan import Charon
 from tests.lab.topology import Topology
 
@@ -62,6 +64,54 @@ _TIMED_LOG_OPTIONS = """\
 _TIMED_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\.(\d{3}) (.*)$")
 
 
+_SWANCTL_CONF = """\
+connections {{
+  site {{
+    version = 2
+    local_addrs = {local_addrs}
+    remote_addrs = {remote_addrs}
+    proposals = {ike}
+    mobike = yes
+    local {{
+      auth = psk
+      id = {local_id}
+    }}
+    remote {{
+      auth = psk
+      id = {remote_id}
+    }}
+    children {{
+      lan {{
+        local_ts = {local_ts}
+        remote_ts = {remote_ts}
+        esp_proposals = {esp}
+        mode = tunnel
+        start_action = none
+      }}
+    }}
+  }}
+}}
+secrets {{
+  ike-site {{
+    id = {remote_id}
+    secret = "{psk}"
+  }}
+}}
+"""
+
+
+def swanctl_conf(topology: Topology, local: str, remote: str, suite: Suite = GCM) -> str:
+    """Return charon's swanctl.conf on gateway `local` for the tunnel to gateway `remote`."""
+    me, peer = topology.gateway(local), topology.gateway(remote)
+    local_addrs = [str(uplink.address.ip) for uplink in me.uplinks]
+    local_addrs += [str(uplink.address.network) for uplink in me.uplinks]
+    remote_addrs = [str(uplink.public_address) for uplink in peer.uplinks]
+    return _SWANCTL_CONF.format(
+        local_addrs=", ".join(local_addrs), remote_addrs=", ".join(remote_addrs),
+        ike=suite.ike, esp=suite.esp, local_id=identity(me), remote_id=identity(peer),
+        local_ts=me.lan_network, remote_ts=peer.lan_network, psk=PSK)
+
+
 class CharonPairError(RuntimeError):
     """The strongSwan tunnel did not come up."""
 
@@ -94,8 +144,10 @@ class CharonPair:
 
     label = "strongSwan"
 
-    def __init__(self, tunnel: Tunnel | None = None, up_timeout: float = UP_TIMEOUT) -> None:
-        self.tunnel = tunnel if tunnel is not None else Tunnel(suite=GCM, auth="psk")
+    def __init__(self, suite: Suite = GCM, charon_options: str = "",
+                 up_timeout: float = UP_TIMEOUT) -> None:
+        self.suite = suite
+        self.charon_options = charon_options  # text inside strongswan.conf's charon { } section
         self.up_timeout = up_timeout
         self.topology: Topology | None = None
         self.initiator = ""
@@ -167,10 +219,10 @@ class CharonPair:
 
     def _start_charon(self, local: str, remote: str) -> None:
         charon = Charon(self._namespace(local), "swanpair")
-        charon.charon_options = self.tunnel.charon_options + _TIMED_LOG_OPTIONS.format(
+        charon.charon_options = self.charon_options + _TIMED_LOG_OPTIONS.format(
             path=_timed_log_path(charon))
         self.charons[local] = charon
-        charon.start(swanctl_conf(self.topology, local, remote, self.tunnel))
+        charon.start(swanctl_conf(self.topology, local, remote, self.suite))
 
     def _ike_sa(self, gateway: str) -> dict | None:
         sas = [ike_sa for name, ike_sa in self.charons[gateway].list_ike_sas() if name == "site"]
