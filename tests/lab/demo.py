@@ -1,12 +1,14 @@
-"""`make demo`: two rmobiked gateways in the lab bring a tunnel up and carry LAN traffic.
+"""`make demo`: two rmobiked gateways keep one tunnel through five uplink failures.
 
-    python -m tests.lab.demo [--duration SECONDS]
+    python -m tests.lab.demo [--window SECONDS]
 
 On a host whose kernel has ESP the demo runs right here; otherwise it boots the lab VM once and
-runs itself inside with --in-lab. In the lab it builds the standard topology (two gateways with
-two uplinks each, a LAN host behind each), starts rmobiked on both gateways, waits for the
-CHILD_SA, streams probe traffic LAN to LAN through kernel ESP while a capture watches every
-uplink for cleartext, and prints what it saw. The last line is `DEMO RESULT {json}`.
+runs itself inside with --in-lab. For each demo scenario of tests/lab/scenarios.py it builds a
+fresh lab (two gateways with two uplinks each, a LAN host behind each), starts rmobiked on both
+gateways, streams probe traffic LAN to LAN in both directions while a capture watches every
+uplink for cleartext, makes the failure happen and prints the timeline, the outage, whether the
+CHILD_SA SPIs stayed the same and the number of cleartext packets. It writes a PNG of the probe
+arrivals to lab-out/demo-timeline.png. The last line is `DEMO RESULT {json}`.
 """
 
 from __future__ import annotations
@@ -14,25 +16,28 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import sys
-import time
+from pathlib import Path
 
 from tests.lab import run as lab_run
 from tests.lab import vm
 
 log = logging.getLogger("demo")
 
-DEMO_TIMEOUT = 900.0  # seconds for the whole VM run, boot included
+DEMO_TIMEOUT = 1800.0  # seconds for the whole VM run, boot included
+DEFAULT_WINDOW = 6.0  # seconds of traffic after each failure
+PNG_NAME = "demo-timeline.png"
 
-
-def _spis(sas: dict) -> set[tuple[str, str]]:
-    """Return the (in, out) CHILD_SA SPI pairs of a list-sas JSON document."""
-    pairs = set()
-    for ike_sa in sas.get("ike_sas", []):
-        for child in ike_sa.get("children", []):
-            pairs.add((child.get("spi_in", ""), child.get("spi_out", "")))
-    return pairs
+# DEMO RESULT key for each demo scenario's outage.
+RESULT_KEYS = {
+    "responder_link_down": "responder_outage_ms",
+    "initiator_link_down": "initiator_outage_ms",
+    "silent_blackhole": "silent_outage_ms",
+    "admin_switch": "admin_outage_ms",
+    "nat_responder_link_down": "nat_responder_outage_ms",
+}
 
 
 def _print_sas(name: str, sas: dict) -> None:
@@ -47,73 +52,84 @@ def _print_sas(name: str, sas: dict) -> None:
                   f"{child.get('local_ts')} <=> {child.get('remote_ts')}")
 
 
-def run_demo(duration: float) -> dict:
-    """Run the demo in the lab and return the result dictionary."""
-    from tests.lab.capture import CleartextCapture
-    from tests.lab.gateways import kernel_state, start_pair
-    from tests.lab.topology import build
-    from tests.lab.traffic import lan_probe
+def _print_outcome(outcome) -> None:
+    print(f"  path before: {outcome.path_before[0]} -> {outcome.path_before[1]}")
+    for at_ms, text in outcome.timeline:
+        print(f"  {at_ms:+9.1f} ms  {text}")
+    outage = ("traffic did not come back" if outcome.outage_ms is None
+              else f"{outcome.outage_ms:.0f} ms")
+    spis = ", ".join(f"{gateway} {' '.join(sorted(spis))}"
+                     for gateway, spis in sorted(outcome.spis_after.items()))
+    print(f"  path after:  {outcome.path_after[0]} -> {outcome.path_after[1]}")
+    print(f"  outage: {outage}")
+    print(f"  SPIs: {'unchanged' if outcome.spis_unchanged else 'CHANGED'} ({spis})")
+    print(f"  cleartext packets: {outcome.cleartext_packets}")
 
-    with build() as topology:
-        print("lab: gw1 and gw2 with two uplinks each, a router between them, LAN hosts behind")
-        started = time.monotonic()
-        gw1, gw2 = start_pair(topology)
-        gw1.wait_for_children()
-        gw2.wait_for_children()
-        up_ms = (time.monotonic() - started) * 1000
-        print(f"tunnel up {up_ms:.0f} ms after starting both daemons (QEMU TCG is slow)")
-        sas1, sas2 = gw1.list_sas(), gw2.list_sas()
-        _print_sas("gw1", sas1)
-        _print_sas("gw2", sas2)
-        spis1 = _spis(sas1)
-        spis_match = bool(spis1) and {(out, inn) for inn, out in _spis(sas2)} == spis1
 
-        capture = CleartextCapture.on_uplinks(topology)
-        capture.start()
-        probe = lan_probe(topology, "gw1", "gw2", duration=duration)
-        probe.start()
-        report = probe.wait()
-        cleartext = capture.stop()
-        print(f"probe LAN1 -> LAN2 for {duration:.0f} s: {report.summary()}")
-        print(f"cleartext packets between the LANs on any uplink: {len(cleartext)}")
+def run_demo(window: float, png_path: Path) -> tuple[dict, bool]:
+    """Run the demo scenarios; return the DEMO RESULT dictionary and whether all passed."""
+    from tests.lab.plot import write_timeline_png
+    from tests.lab.scenarios import DEMO_SCENARIOS, Outcome, RmobikePair, run_scenario
 
-        states, _ = kernel_state(gw1.namespace)
-        esp_states = states.count("proto esp")
-        print(f"gw1 kernel ESP states: {esp_states}")
+    class FirstPairShown(RmobikePair):
+        shown = False
 
-        gw1.stop()
-        gw2.stop()
-        leftover = [name for name, daemon in (("gw1", gw1), ("gw2", gw2))
-                    if any(kernel_state(daemon.namespace))]
-        print(f"kernel state left after SIGTERM: {', '.join(leftover) or 'none'}")
+        def start(self, topology, initiator, responder) -> None:
+            super().start(topology, initiator, responder)
+            if not FirstPairShown.shown:
+                FirstPairShown.shown = True
+                print(f"tunnel up between {initiator} (initiator) and {responder} (responder):")
+                for name, daemon in self.daemons.items():
+                    _print_sas(name, daemon.list_sas())
 
-    return {
-        "tunnel_up_ms": round(up_ms),
-        "spis_match": spis_match,
-        "probe_sent": report.sent,
-        "probe_received": report.received,
-        "probe_max_gap_ms": round(report.max_gap_ms, 1),
-        "cleartext_packets": len(cleartext),
-        "kernel_state_left": leftover,
+    outcomes: list[Outcome] = []
+    for number, scenario in enumerate(DEMO_SCENARIOS, start=1):
+        print(f"\n== {number}/{len(DEMO_SCENARIOS)} {scenario.name}: {scenario.description}",
+              flush=True)
+        try:
+            outcome = run_scenario(scenario, FirstPairShown(), window=window)
+        except Exception as error:  # noqa: BLE001 - report it and go on with the next scenario
+            log.exception("scenario %s failed", scenario.name)
+            print(f"  scenario failed: {error}")
+            outcome = Outcome(scenario=scenario.name, implementation="rmobike", outage_ms=None,
+                              recovered=False, spis_unchanged=False, cleartext_packets=0,
+                              event_at=0.0, action=f"failed: {error}")
+        else:
+            _print_outcome(outcome)
+        outcomes.append(outcome)
+
+    write_timeline_png(png_path, [(outcome.scenario, outcome.arrivals, outcome.outage_ms)
+                                  for outcome in outcomes])
+    print(f"\nprobe timeline written to {png_path}")
+
+    result: dict[str, object] = {
+        RESULT_KEYS[outcome.scenario]: (None if outcome.outage_ms is None
+                                        else round(outcome.outage_ms, 1))
+        for outcome in outcomes
     }
+    result["spis_unchanged"] = all(outcome.spis_unchanged for outcome in outcomes)
+    result["cleartext_packets"] = sum(outcome.cleartext_packets for outcome in outcomes)
+    passed = (all(outcome.recovered for outcome in outcomes) and result["spis_unchanged"]
+              and result["cleartext_packets"] == 0)
+    return result, bool(passed)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the demo (in the VM unless the host has ESP or --in-lab is given)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=10.0,
-                        help="seconds of probe traffic (default 10)")
+    parser.add_argument("--window", type=float, default=DEFAULT_WINDOW,
+                        help=f"seconds of probe traffic after each failure (default {DEFAULT_WINDOW:g})")
     parser.add_argument("--in-lab", action="store_true",
                         help="run the demo here: this kernel has ESP (used inside the VM)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
 
     if args.in_lab or vm.host_has_esp():
-        result = run_demo(args.duration)
-        print("DEMO RESULT " + json.dumps(result, sort_keys=True))
-        ok = result["spis_match"] and result["cleartext_packets"] == 0 \
-            and result["probe_received"] > 0 and not result["kernel_state_left"]
-        return 0 if ok else 1
+        out = Path(os.environ.get(vm.ENV_LAB_OUT) or vm.LAB_OUT)
+        out.mkdir(parents=True, exist_ok=True)
+        result, passed = run_demo(args.window, out / PNG_NAME)
+        print("DEMO RESULT " + json.dumps(result, sort_keys=True), flush=True)
+        return 0 if passed else 1
 
     exports = " ".join(f"{key}={shlex.quote(value)}"
                        for key, value in lab_run.lab_environment().items())
@@ -122,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         f"cd {shlex.quote(str(vm.CHECKOUT))} || exit 1",
         f"export {exports} TMPDIR=/var/tmp",
         f"{shlex.quote(str(vm.VENV_BIN / 'python'))} -m tests.lab.demo --in-lab "
-        f"--duration {args.duration}",
+        f"--window {args.window}",
     ])
     print("booting the lab VM (Debian's kernel under QEMU TCG, about 30 s)...", flush=True)
     try:
