@@ -124,6 +124,12 @@ def _start(sa: "IkeSa", pending: PendingSwitch, now: float) -> None:
     if sa.mobike and sa.peer_accepts_switch:
         pending.stage = "switch"
         pending.deadline = now + config.switch_timeout
+        if sa.request is not None:
+            # The switch waits for the outstanding request, whose response goes to O, which may
+            # be unreachable now. A copy from N lets a peer that is not behind a NAT answer there.
+            _log(sa, logging.INFO, "request %d outstanding, sending a copy from %s", sa.next_message_id,
+                 pending.local[0])
+            sa._transmit(sa.request, pending.local, sa.remote)
         sa.start(SwitchInitiator(sa, pending), now, front=True)
     elif sa.mobike:
         # The peer did not set the flag: RFC 4555 behaviour, then REDIRECT.

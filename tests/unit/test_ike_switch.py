@@ -113,6 +113,28 @@ def test_switch_moves_both_sides():
     assert peers.right_sa.mobility.switch is None
 
 
+def test_outstanding_request_copied_from_n():
+    peers = multihomed_peers()
+    network = peers.network
+    peers.events()
+    # O has gone dark: an address list request from O is outstanding when the switch starts.
+    network.block(RIGHT[0], LEFT[0])
+    peers.right.update_local_addresses(peers.right_id, [RIGHT[0], RIGHT2, RIGHT3], network.now)
+    network.take()
+
+    peers.right.switch_to(peers.right_id, RIGHT2, network.now, "link down")
+
+    # R: the outstanding request again, from N; I answers to N, then R sends the switch from O.
+    copy, = network.take()
+    assert copy.source == (RIGHT2, 4500)
+    network.unblock(RIGHT[0], LEFT[0])
+    network.deliver([copy])
+    network.run()
+    left_events, right_events = peers.events()
+    assert of_type(right_events, IkeSaAddressesChanged)[-1].local == (RIGHT2, 4500)
+    assert of_type(left_events, IkeSaAddressesChanged)[-1].remote == (RIGHT2, 4500)
+
+
 def test_switch_logs_decision(caplog):
     peers = multihomed_peers()
     with caplog.at_level(logging.INFO, logger="agent.ike"):
