@@ -563,6 +563,8 @@ class Kernel:
         moves = []
         for sa, src, dst, new_encap in ((child.inbound, remote, local, inbound_encap),
                                         (child.outbound, local, remote, encap)):
+            if (str(sa.src), str(sa.dst)) == (src, dst) and (new_encap is KEEP or new_encap == sa.encap):
+                continue  # already there, e.g. moved early by agent.roaming
             policies = tuple(p for p in self._installed_policies(child.reqid)
                              if any(t.matches(sa) for t in p.templates))
             moves.append(SaMove(sa, src, dst, new_encap, policies))

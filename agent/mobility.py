@@ -5,7 +5,7 @@
 | IkeSaAddressesChanged   | move every CHILD_SA of the IKE SA in the kernel (`Kernel.move_ike_sa`) |
 | PrepareInbound          | copy the inbound SAs to the new local address (`Kernel.prepare_inbound`) |
 | SwitchFailed            | remove those copies; the IKE SA stays on its path              |
-| PathUpdateFailed        | logged; the IKE SA stays on its path                          |
+| PathUpdateFailed        | move the CHILD_SAs back to the kept path; the IKE SA stays there |
 | PeerAddressesChanged    | new probe candidates (`agent.roaming.replan`)                 |
 | PathSuspect, IkeSaRedirected | logged (the core probes the candidates itself)           |
 """
@@ -27,6 +27,7 @@ from agent.ike.events import (
 from agent import roaming
 from agent.kernel import KernelError
 from xfrm.model import Encap
+from xfrm.move import KEEP
 
 if TYPE_CHECKING:
     from agent.manager import Manager
@@ -70,6 +71,11 @@ def on_switch_failed(manager: "Manager", event: SwitchFailed) -> None:
 
 
 def on_path_update_failed(manager: "Manager", event: PathUpdateFailed) -> None:
+    # agent.roaming may have moved the CHILD_SAs before the update was answered.
+    try:
+        manager.kernel.move_ike_sa(event.ike_sa, event.kept_local[0], event.kept_remote[0], KEEP)
+    except KernelError as error:
+        manager.log_for(event.ike_sa).error("%s", error)
     manager.log_for(event.ike_sa).warning("update to %s failed, staying on %s: %s", _path(event.local, event.remote),
                                           _path(event.kept_local, event.kept_remote), event.reason)
 

@@ -28,7 +28,9 @@ from typing import TYPE_CHECKING
 
 from agent.ike import mobike
 from agent.ike.sa import IkeSa, IkeSaState
+from agent.kernel import KernelError
 from agent.paths import RankedPath
+from xfrm.move import KEEP
 
 if TYPE_CHECKING:
     from agent.manager import Manager, SaRecord
@@ -99,6 +101,23 @@ def replan(manager: "Manager", sa: IkeSa, now: float, reason: str,
             manager.endpoint.switch_to(sa.unique_id, path.local, now, reason)
     except ValueError as error:
         log.warning("cannot move: %s", error)
+        return
+    if sa.mobike_initiator and cause == "unusable":
+        _move_kernel_early(manager, sa, path)
+
+
+def _move_kernel_early(manager: "Manager", sa: IkeSa, path: RankedPath) -> None:
+    """Move the CHILD_SAs off an unusable path now, without waiting for the update's response.
+
+    The old path carries nothing any more, and the peer already accepts ESP from the new
+    address: its inbound SA is found by destination and SPI, and its policy templates compare
+    the SA's recorded source, not the packet's. The confirmed move follows with the NAT state
+    of the exchange; a rejected update moves the SAs back (agent.mobility).
+    """
+    try:
+        manager.kernel.move_ike_sa(sa.unique_id, path.local, path.remote, KEEP)
+    except KernelError as error:
+        manager.log_for(sa.unique_id).error("%s", error)
 
 
 def _decide(sa: IkeSa, ranked: list[RankedPath]) -> tuple[RankedPath | None, str] | None:

@@ -25,8 +25,10 @@ def test_initiator_moves_when_its_address_goes(tmp_path):
     pair.a.paths = FixedPaths(ranked={"site": [(A2, B), (A2, B2)]}, local={A2})
 
     pair.a.on_net_events(NETWORK_CHANGED)
-    pair.network.deliver()
 
+    # The old address is gone, so the kernel moves before the update is answered.
+    assert kernel_addresses(pair.fake_a) == {(B, A2, child.spi_in), (A2, B, child.spi_out)}
+    pair.network.deliver()
     assert only(pair.a.list_sas()).local_address == A2
     assert only(pair.b.list_sas()).remote_address == A2
     assert kernel_addresses(pair.fake_a) == {(B, A2, child.spi_in), (A2, B, child.spi_out)}
@@ -41,6 +43,8 @@ def test_initiator_moves_back_to_preferred(tmp_path):
     pair.a.paths = FixedPaths(ranked={"site": [(A, B), (A2, B)]}, local={A, A2})
 
     pair.a.on_net_events(NETWORK_CHANGED)
+    # A better path, but the current one works: the kernel waits for the peer's answer.
+    assert {str(sa.src) for sa in pair.fake_a.dump_sas()} == {A2, B}
     pair.network.deliver()
 
     assert only(pair.a.list_sas()).local_address == A
