@@ -49,7 +49,7 @@ from xfrm import KEEP, XfrmApi, ops
 from xfrm import constants as xc
 from xfrm import events as xev
 from xfrm.errors import PolicyExists, PolicyNotFound, SaNotFound, XfrmError
-from xfrm.model import Direction, Encap, Lifetime, Policy, SaId, SecurityAssociation, Template
+from xfrm.model import Direction, Encap, Lifetime, LifetimeCurrent, Policy, SaId, SecurityAssociation, Template
 from xfrm.move import MoveError, MoveResult, SaMove
 
 logger = logging.getLogger(__name__)
@@ -536,11 +536,11 @@ class Kernel:
         stay (RFC 4555 §3.5). Raises KernelError when a move failed; the records then hold
         the state after the attempt.
         """
-        # A prepared copy holds the (destination, SPI) that the moved inbound SA needs; deleting
-        # it first leaves no gap, because the move replaces it within the same call.
-        self.drop_prepared(ike_sa)
         children = self.children_of(ike_sa)
-        moves = [move for child in children for move in self._child_moves(child, local, remote, encap)]
+        adopted = {child.spi_in for child in children if self._adopt_prepared(child, local, remote, encap)}
+        self.drop_prepared(ike_sa)  # copies at other addresses than `local`
+        moves = [move for child in children
+                 for move in self._child_moves(child, local, remote, encap, inbound=child.spi_in not in adopted)]
         if not moves:
             return MoveResult((), (), ())
         try:
@@ -556,13 +556,65 @@ class Kernel:
         logger.info("moved %d CHILD_SAs of IKE SA %d to %s <-> %s", len(children), ike_sa, local, remote)
         return result
 
-    def _child_moves(self, child: InstalledChild, local: str, remote: str, encap) -> list[SaMove]:
+    def _adopt_prepared(self, child: InstalledChild, local: str, remote: str, encap) -> bool:
+        """Make the copy that prepare_inbound put at `local` the inbound SA, so `local` has no gap.
+
+        The copy takes the original's replay window when that is further ahead, and the new
+        encapsulation; the inbound policies' templates follow; then the original goes.
+        Returns False when there is no copy at `local` for this move.
+        """
+        copy_id = child.prepared
+        if copy_id is None or str(copy_id.dst) != local or str(child.inbound.src) != remote:
+            return False
+        inbound_encap = Encap(encap.dport, encap.sport) if isinstance(encap, Encap) else encap
+        try:
+            original = self.api.get_replay_state(child.inbound.id)
+            prepared = self.api.get_replay_state(copy_id)
+            ahead = original if (original.replay.seq_hi, original.replay.seq) > (
+                prepared.replay.seq_hi, prepared.replay.seq) else prepared
+            counters = LifetimeCurrent(original.current.bytes + prepared.current.bytes,
+                                       original.current.packets + prepared.current.packets,
+                                       original.current.add_time,
+                                       max(original.current.use_time, prepared.current.use_time))
+            self.api.set_replay_state(copy_id, ahead.replay, counters, ahead.esn_window)
+            copy = self.api.get_sa(copy_id)
+            if inbound_encap is not KEEP and inbound_encap != copy.encap:
+                copy = copy.replace(encap=inbound_encap, replay=None, current=None)
+                self.api.update_sa(copy)
+            self._retarget_inbound_policies(child, remote, local)
+        except XfrmError as error:
+            raise KernelError(f"CHILD_SA {child.name}: taking over inbound SA {child.spi_in:08x} at {local} "
+                              f"failed: {error}") from error
+        self._delete_sas([child.inbound.id])
+        child.inbound = without_keys(copy).replace(replay=None, current=None)
+        child.prepared = None
+        return True
+
+    def _retarget_inbound_policies(self, child: InstalledChild, remote: str, local: str) -> None:
+        owner = ("child", child.reqid)
+        policy_set = self._policy_sets.get(owner)
+        if policy_set is None:
+            return
+        updated = []
+        for policy in policy_set.policies:
+            if self._owns_top(owner, policy) and any(t.matches(child.inbound) for t in policy.templates):
+                templates = tuple(replace(t, src=remote, dst=local, family=None) if t.matches(child.inbound) else t
+                                  for t in policy.templates)
+                policy = policy.replace(templates=templates)
+                self.api.update_policy(policy)
+            updated.append(policy)
+        policy_set.policies = updated
+
+    def _child_moves(self, child: InstalledChild, local: str, remote: str, encap, *,
+                     inbound: bool = True) -> list[SaMove]:
         inbound_encap = encap
         if isinstance(encap, Encap):
             inbound_encap = Encap(encap.dport, encap.sport)
         moves = []
-        for sa, src, dst, new_encap in ((child.inbound, remote, local, inbound_encap),
-                                        (child.outbound, local, remote, encap)):
+        pairs = [(child.outbound, local, remote, encap)]
+        if inbound:
+            pairs.insert(0, (child.inbound, remote, local, inbound_encap))
+        for sa, src, dst, new_encap in pairs:
             if (str(sa.src), str(sa.dst)) == (src, dst) and (new_encap is KEEP or new_encap == sa.encap):
                 continue  # already there, e.g. moved early by agent.roaming
             policies = tuple(p for p in self._installed_policies(child.reqid)

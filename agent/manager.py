@@ -141,6 +141,7 @@ class Manager:
         self._last_net_retry = float("-inf")
         self._heard_from: dict[str, float] = {}  # peer address -> time of its last IKE datagram
         self._attempts: dict[str, int] = {}  # connection -> initiations since it was last up
+        self._after_send: list[Callable[[], None]] = []  # see after_send()
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -430,7 +431,13 @@ class Manager:
                     logger.exception("handling %s failed", type(event).__name__)
             for data, local, remote in self.endpoint.datagrams_to_send():
                 self.transport.send(data, local, remote)
-            if not events:
+            actions, self._after_send = self._after_send, []
+            for action in actions:
+                try:
+                    action()
+                except Exception:
+                    logger.exception("deferred action failed")
+            if not events and not actions:
                 return
         logger.error("the IKE core kept producing events; stopped after 1000 rounds")
 
@@ -563,6 +570,11 @@ class Manager:
         due = roaming.next_check(record)
         if due is not None and now >= due:
             roaming.check_silence(self, record, sa, now)
+
+    def after_send(self, action: Callable[[], None]) -> None:
+        """Run `action` once the datagrams of the current round are sent (a kernel move that
+        must not delay the response it follows)."""
+        self._after_send.append(action)
 
     def heard_from(self, remote: str) -> float:
         """Return when the last IKE datagram from `remote` arrived (-inf when never)."""

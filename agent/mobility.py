@@ -47,10 +47,28 @@ def on_addresses_changed(manager: "Manager", event: IkeSaAddressesChanged) -> No
              _path(event.local, event.remote), event.reason or "unspecified")
     # RFC 3948: ESP in UDP between the IKE SA's ports; move_ike_sa reverses them for inbound SAs.
     encap = Encap(event.local[1], event.remote[1]) if event.udp_encap else None
+
+    def move() -> None:
+        try:
+            manager.kernel.move_ike_sa(event.ike_sa, event.local[0], event.remote[0], encap)
+        except KernelError as error:
+            log.error("%s", error)
+
+    if _answering_update(manager, event.ike_sa):
+        # The peer moves when our response arrives, so the response goes first. Until our own
+        # move, ESP from the peer's new address matches our inbound SA (found by destination
+        # and SPI) or the copy that PrepareInbound put at our new address.
+        manager.after_send(move)
+    else:
+        move()
+
+
+def _answering_update(manager: "Manager", ike_sa: int) -> bool:
+    """Tell whether this side is the original responder, which moves while answering an update."""
     try:
-        manager.kernel.move_ike_sa(event.ike_sa, event.local[0], event.remote[0], encap)
-    except KernelError as error:
-        log.error("%s", error)
+        return not manager.endpoint.ike_sa(ike_sa).mobike_initiator
+    except KeyError:
+        return False
 
 
 def on_prepare_inbound(manager: "Manager", event: PrepareInbound) -> None:

@@ -16,7 +16,8 @@ from agent.kernel import ChildExpired, Kernel, KernelError, MappingChanged, Reke
 from agent.kernel_objects import PRIORITY_MAX, PRIORITY_MIN, REQID_MAX, REQID_MIN
 from xfrm import FakeXfrm, ops
 from xfrm import events as xev
-from xfrm.model import Action, Aead, Direction, Encap, Policy, PolicyId, SaId, SecurityAssociation, Selector, Template
+from xfrm.model import (Action, Aead, Direction, Encap, Policy, PolicyId, ReplayState, SaId, SecurityAssociation,
+                        Selector, Template)
 
 LOCAL = "192.0.2.10"
 REMOTE = "198.51.100.20"
@@ -388,11 +389,15 @@ def test_move_replaces_prepared_copy(fake, kernel):
     kernel.install_child(7, "site", info)
     fake.count_traffic(SaId(LOCAL, info.spi_in), packets=3)
     kernel.prepare_inbound(7, "198.51.100.30")
+    fake.set_replay_state(SaId(LOCAL, info.spi_in), ReplayState(seq=7, bitmap=(0x7F,)))
 
     kernel.move_ike_sa(7, "198.51.100.30", REMOTE)
 
     moved = fake.get_sa(SaId("198.51.100.30", info.spi_in))
-    assert moved.current.packets == 3  # the original, with its counters, not the copy
+    assert moved.current.packets == 3  # the original's counters carried over to the copy
+    assert moved.replay.seq == 7  # the original's window, further ahead than the copy's
+    inbound = policies_by_dir(fake)[Direction.IN][0]
+    assert str(inbound.templates[0].dst) == "198.51.100.30"
     assert {(str(sa.dst), sa.spi) for sa in fake.dump_sas()} == {("198.51.100.30", info.spi_in),
                                                                   (REMOTE, info.spi_out)}
 

@@ -149,3 +149,20 @@ def test_no_check_without_outbound_esp(tmp_path):
     pair.network.advance(5)
 
     assert len(pair.network.sent) == sent
+
+
+def test_responder_answers_before_moving(tmp_path):
+    seen: list[set] = []
+    pair = make_pair(tmp_path, a_extra="switch = true", b_extra="switch = true", second_addresses=True,
+                     observe_b=lambda data, local, remote: seen.append(kernel_addresses(pair.fake_b)))
+    pair.a.paths = FixedPaths(ranked={"site": [(A2, B)]}, local={A2})
+    pair.bring_up()
+    child = only(only(pair.b.list_sas()).children)
+    seen.clear()
+
+    pair.a.on_net_events(NETWORK_CHANGED)
+    pair.network.deliver()
+
+    # The response to the update leaves while B's SAs still name A; B moves right after.
+    assert seen[0] == {(A, B, child.spi_in), (B, A, child.spi_out)}
+    assert kernel_addresses(pair.fake_b) == {(A2, B, child.spi_in), (B, A2, child.spi_out)}
