@@ -213,7 +213,7 @@ class Manager:
         """React to link, address and route changes: move IKE SAs off broken paths, retry waiting connections."""
         for event in events:
             logger.debug("network: %s", event)
-        if events and not self.stopping:
+        if any(roaming.concerns_paths(event) for event in events) and not self.stopping:
             roaming.replan_all(self, self.now(), _describe(events))
         if any(isinstance(e, (LinkUp, AddressAdded, AddressUsable, RouteChanged)) for e in events):
             now = self.now()

@@ -51,6 +51,15 @@ class EspWatch:
     last_in: float = 0.0  # when inbound ESP last grew (or the watch began)
 
 
+def concerns_paths(event) -> bool:
+    """Tell whether a network event can change a path: link-local addresses and routes cannot."""
+    address = getattr(event, "address", None)
+    if address is not None and address.address.is_link_local:
+        return False
+    route = getattr(event, "route", None)
+    return not (route is not None and route.dst is not None and route.dst.is_link_local)
+
+
 def replan_all(manager: "Manager", now: float, reason: str) -> None:
     """After network events: check every IKE SA's path, then announce the usable addresses.
 

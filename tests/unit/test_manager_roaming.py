@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
-from agent.netwatch.events import Resynced
+import pytest
+
+from agent import roaming
+from agent.netwatch.events import AddressRemoved, Resynced, RouteChanged
+from agent.netwatch.records import Address, Route
 from agent.paths import FixedPaths
 from tests.unit.test_manager import A, A2, B, B2, Pair, kernel_addresses, make_pair, only
 
@@ -166,3 +171,13 @@ def test_responder_answers_before_moving(tmp_path):
     # The response to the update leaves while B's SAs still name A; B moves right after.
     assert seen[0] == {(A, B, child.spi_in), (B, A, child.spi_out)}
     assert kernel_addresses(pair.fake_b) == {(A2, B, child.spi_in), (B, A2, child.spi_out)}
+
+
+@pytest.mark.parametrize(("event", "concerns"), [
+    (AddressRemoved(Address(2, ipaddress.ip_address("fe80::1"), 64, 0, 253)), False),
+    (AddressRemoved(Address(2, ipaddress.ip_address("192.0.2.10"), 24, 0, 0)), True),
+    (RouteChanged(Route(10, 254, ipaddress.ip_network("fe80::/64"), 0, 256, 2, 1, 0), removed=True), False),
+    (RouteChanged(Route(10, 254, ipaddress.ip_network("::/0"), 0, 100, 3, 1, 0), removed=True), True),
+])
+def test_link_local_changes_ignored(event, concerns):
+    assert roaming.concerns_paths(event) is concerns
