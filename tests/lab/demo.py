@@ -4,11 +4,11 @@
 
 On a host whose kernel has ESP the demo runs right here; otherwise it boots the lab VM once and
 runs itself inside with --in-lab. For each demo scenario of tests/lab/scenarios.py it builds a
-fresh lab (two gateways with two uplinks each, a LAN host behind each), starts rmobiked on both
-gateways, streams probe traffic LAN to LAN in both directions while a capture watches every
-uplink for cleartext, makes the failure happen and prints the timeline, the outage, whether the
-CHILD_SA SPIs stayed the same and the number of cleartext packets. It writes a PNG of the probe
-arrivals to lab-out/demo-timeline.png. The last line is `DEMO RESULT {json}`.
+fresh lab (two gateways with two uplinks each, a LAN host behind each) and starts rmobiked on
+both gateways. Probe traffic then flows LAN to LAN in both directions while a capture watches
+every uplink for cleartext, and the failure happens. The demo prints the timeline, the outage,
+whether the CHILD_SA SPIs stayed the same and the number of cleartext packets. It writes a PNG
+of the probe arrivals to lab-out/demo-timeline.png. The last line is `DEMO RESULT {json}`.
 """
 
 from __future__ import annotations
@@ -72,6 +72,8 @@ def run_demo(window: float, png_path: Path) -> tuple[dict, bool]:
     from tests.lab.scenarios import DEMO_SCENARIOS, Outcome, RmobikePair, run_scenario
 
     class FirstPairShown(RmobikePair):
+        """RmobikePair that prints list-sas of the first tunnel it brings up."""
+
         shown = False
 
         def start(self, topology, initiator, responder) -> None:

@@ -1,8 +1,8 @@
 """Roaming scenarios: one uplink failure each, measured from LAN-to-LAN probe traffic.
 
-A scenario builds its lab, starts a tunnel pair (rmobiked or strongSwan on both gateways),
-streams probe traffic in both directions while a capture watches every uplink for cleartext,
-makes one failure happen, and reports what the traffic and the daemons' logs show::
+A scenario builds its lab and starts a tunnel pair (rmobiked or strongSwan on both gateways).
+It streams probe traffic in both directions while a capture watches every uplink for
+cleartext, makes one failure happen, and reports what the traffic and the daemons' logs show::
 
     outcome = run_scenario(SCENARIOS[0], RmobikePair())
     print(outcome.outage_ms, outcome.spis_unchanged, outcome.cleartext_packets)
@@ -131,7 +131,9 @@ class RmobikePair:
     def __init__(self, *, ipv6: bool = False, children: tuple[Child, ...] | None = None,
                  extra: str = "") -> None:
         self.ipv6 = ipv6
-        self.children = children if children is not None else (LAN6 if ipv6 else LAN4)
+        if children is None:
+            children = LAN6 if ipv6 else LAN4
+        self.children = children
         self.extra = extra
         self.topology: Topology | None = None
         self.initiator = ""
@@ -300,9 +302,9 @@ def fail_initiator_link(topology: Topology, pair: TunnelPair, scenario: Scenario
 
 
 def blackhole_path(topology: Topology, pair: TunnelPair, scenario: Scenario) -> str:
-    here = active_uplink(topology, pair, scenario.initiator, scenario)
-    there = active_uplink(topology, pair, scenario.responder, scenario)
-    hole = topology.blackhole(here, there)
+    initiator_uplink = active_uplink(topology, pair, scenario.initiator, scenario)
+    responder_uplink = active_uplink(topology, pair, scenario.responder, scenario)
+    hole = topology.blackhole(initiator_uplink, responder_uplink)
     return f"router drops {hole.description} silently (no link or route event)"
 
 
@@ -370,7 +372,7 @@ class Outcome:
 
     scenario: str
     implementation: str
-    outage_ms: float | None  # longest gap in probe arrivals around the failure; None: never back
+    outage_ms: float | None  # maximum gap in probe arrivals around the failure, None if not back
     recovered: bool
     spis_unchanged: bool
     cleartext_packets: int
@@ -448,7 +450,8 @@ TIMELINE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"^agent\.ike\.sa: (?P<m>sending .* again on the new path)$", "{m}"),
         (r"^agent\.manager: (?P<m>(asking the peer to move|IKE SA moved from|switch to|update to|"
          r"peer redirected|IKE SA failed|IKE SA deleted).*)$", "{m}"),
-        (r"^agent\.kernel: (?P<m>.*(moved|inbound|prepared|encapsulation).*)$", "kernel: {m}"),
+        (r"^agent\.kernel: (?P<m>.*\b(moved|inbound|prepared|encapsulation)\b.*)$", "kernel: {m}"),
+        (r"^xfrm\.move: (?P<m>moved .*)$", "kernel: {m}"),
         # charon (strongSwan): the lines that show a roam
         (r"^(?P<m>.*(old path is not available|requesting address change|"
          r"sending address list update|checking path|updating IKE_SA|"
@@ -478,6 +481,8 @@ def timeline_text(line: str) -> str | None:
             continue
         if form == "netlink":
             entry = netlink_summary(match["kind"], match["fields"])
+            if "fe80:" in entry:
+                return None  # link-local addresses and routes never carry the tunnel
         else:
             entry = form.format(**match.groupdict(default=""))
         return entry if len(entry) <= TIMELINE_TEXT_MAX else entry[:TIMELINE_TEXT_MAX - 1] + "…"
