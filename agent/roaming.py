@@ -196,4 +196,5 @@ def check_silence(manager: "Manager", record: "SaRecord", sa: IkeSa, now: float)
         return
     record.log.info("ESP out, nothing from the peer for %.1f s: checking the path %s -> %s", now - last_heard,
                     sa.local[0], sa.remote[0])
-    manager.endpoint.check_liveness(sa.unique_id, now)
+    # The path has been quiet for a whole timeout already, so half of one more is enough.
+    manager.endpoint.check_liveness(sa.unique_id, now, suspect_after=timeout / 2)

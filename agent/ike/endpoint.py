@@ -216,10 +216,17 @@ class IkeEndpoint:
             sa.start(RequestedDeleteIkeInitiator(sa), now)
         self._flush_timers()
 
-    def check_liveness(self, ike_sa: int, now: float) -> None:
+    def check_liveness(self, ike_sa: int, now: float, suspect_after: float | None = None) -> None:
+        """Send an empty INFORMATIONAL request (RFC 7296 §1.4).
+
+        `suspect_after` shortens the time after which the unanswered check makes the path
+        suspect (`PathSuspect`, probing), for a driver that has already seen the path go quiet.
+        """
         from .informational import LivenessInitiator
 
         sa = self._established(ike_sa)
+        if suspect_after is not None:
+            mobike.state(sa).suspect_after = suspect_after
         sa.start(LivenessInitiator(sa), now)
         self._flush_timers()
 

@@ -106,6 +106,7 @@ class Mobility:
         "probe_paths",
         "request_sent_at",
         "suspect_reported",
+        "suspect_after",
         "switch",
         "peer_switch_target",
         "last_switch_at",
@@ -124,6 +125,7 @@ class Mobility:
         self.probe_paths: list[Path] = []  # paths besides the current one that requests go to
         self.request_sent_at: float | None = None  # when the outstanding request left on this path
         self.suspect_reported = False
+        self.suspect_after: float | None = None  # for the outstanding request, instead of the config's
         self.switch = None  # switch.PendingSwitch of this side as original responder
         self.peer_switch_target: str | None = None  # the address the peer asked to switch to
         self.last_switch_at: float | None = None
@@ -157,6 +159,7 @@ class Mobility:
     def response_received(self, sa: "IkeSa", local: Address, remote: Address, now: float) -> None:
         """Adopt the path of an authentic response as the IKE SA's path while probing."""
         self.request_sent_at = None
+        self.suspect_after = None
         if not self.probe_paths:
             return
         self.probe_paths = []
@@ -170,7 +173,7 @@ class Mobility:
 
     def next_deadline(self, sa: "IkeSa") -> float | None:
         times = []
-        suspect_after = sa.config.path_suspect_after
+        suspect_after = self._suspect_after(sa)
         if self.request_sent_at is not None and not self.suspect_reported and suspect_after is not None:
             times.append(self.request_sent_at + suspect_after)
         if self.switch is not None and self.switch.deadline is not None:
@@ -178,7 +181,7 @@ class Mobility:
         return min(times) if times else None
 
     def handle_timer(self, sa: "IkeSa", now: float) -> None:
-        suspect_after = sa.config.path_suspect_after
+        suspect_after = self._suspect_after(sa)
         if (self.request_sent_at is not None and not self.suspect_reported and suspect_after is not None
                 and now >= self.request_sent_at + suspect_after and sa.request is not None):
             self._path_suspect(sa, now)
@@ -188,6 +191,11 @@ class Mobility:
             switch_deadline_reached(sa, now)
 
     # --- internals ---
+
+    def _suspect_after(self, sa: "IkeSa") -> float | None:
+        if sa.config.path_suspect_after is None:
+            return None
+        return self.suspect_after if self.suspect_after is not None else sa.config.path_suspect_after
 
     def _send_on_probe_paths(self, sa: "IkeSa") -> None:
         if sa.request is None or not self.probe_paths:

@@ -74,6 +74,21 @@ def test_responder_reports_suspect_path():
     assert of_type(right_events, PathSuspect)
 
 
+def test_liveness_with_shorter_suspect_time():
+    peers = multihomed_peers()
+    network = peers.network
+    peers.events()
+    network.block(LEFT[0], RIGHT[0])
+
+    peers.left.check_liveness(peers.left_id, network.now, suspect_after=0.4)
+    network.advance(0.3)
+    assert not of_type(peers.left.events(), PathSuspect)
+    network.advance(0.2)
+
+    suspect, = of_type(peers.left.events(), PathSuspect)
+    assert suspect.silent_for == pytest.approx(0.4, abs=0.05)
+
+
 def test_probe_paths_moves_to_first_answer():
     peers = multihomed_peers()
     network = peers.network
