@@ -11,7 +11,7 @@ watches the ESP counters for paths that fail without any event.
 | a pair is preferred over its pair (config order,     | `change_path`        | `switch_to`           |
 |   own link, udev priority, not deprecated)           |                      |                       |
 | no usable pair at all                                | wait: retransmissions and later events decide   |
-| outbound ESP grows, nothing came back for            | liveness check; unanswered for `path_timeout`,  |
+| outbound ESP grows, nothing came back for            | liveness check; unanswered for half that time,  |
 |   `path_timeout`                                     | the initiator probes every candidate pair       |
 
 The original responder only chooses its own address (the peer's stays), and the core falls
