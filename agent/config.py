@@ -65,6 +65,10 @@ class AgentConfig:
     port_nat_t: int = 4500
     keep_alive: float = 20.0  # NAT-T keepalive interval in seconds, 0 disables them
     switch_notify_type: int = int(NotifyType.SWITCH_TO_IP_ADDRESS)
+    # IKE retransmissions: the n-th waits retransmit_timeout * retransmit_base ** n seconds.
+    retransmit_timeout: float = 4.0
+    retransmit_base: float = 1.8
+    retransmit_tries: int = 5
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,7 @@ class ConnectionConfig:
     switch: bool
     switch_min_interval: float
     path_timeout: float
+    no_nats_allowed: bool
     dpd_delay: float
     rekey_time: float
     over_time: float
@@ -312,6 +317,15 @@ def _integer(minimum: int, maximum: int) -> Callable[[Any], int]:
 
 
 _port = _integer(1, 65535)
+
+
+def _number(minimum: float, maximum: float) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not minimum <= value <= maximum:
+            raise _Invalid(f"invalid value {_described(value)}", f"a number from {minimum:g} to {maximum:g}")
+        return float(value)
+
+    return parse
 
 
 def _duration(value: Any) -> float:
@@ -573,6 +587,9 @@ _AGENT_KEYS: dict[str, _Key] = {
     "keep_alive": _Key(_duration, 20.0),
     # Status notify types are 16384-65535 (RFC 7296 §3.10.1).
     "switch_notify_type": _Key(_integer(16384, 65535), int(NotifyType.SWITCH_TO_IP_ADDRESS)),
+    "retransmit_timeout": _Key(_duration, 4.0),
+    "retransmit_base": _Key(_number(1.0, 10.0), 1.8),
+    "retransmit_tries": _Key(_integer(0, 20), 5),
 }
 
 _ADDRESSES_EXAMPLE = '["198.51.100.10", "203.0.113.10"]'
@@ -595,6 +612,7 @@ _CONNECTION_KEYS: dict[str, _Key] = {
     "switch": _Key(_boolean, False),
     "switch_min_interval": _Key(_duration, 1.0),
     "path_timeout": _Key(_duration, 1.0),
+    "no_nats_allowed": _Key(_boolean, False),
     "dpd_delay": _Key(_duration, 0.0),
     "rekey_time": _Key(_duration, 4 * 3600.0),
     "over_time": _Key(_duration, None),
@@ -768,6 +786,8 @@ class _Loader:
                 f"is the same as agent.port ({values['port']})",
                 "a different port",
             )
+        if values["retransmit_timeout"] <= 0:
+            self.error("agent.retransmit_timeout", "is 0", 'a duration above 0, such as "4s"')
         return AgentConfig(**values)
 
     # [secrets.NAME]

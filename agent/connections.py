@@ -74,6 +74,10 @@ def build_ike_config(connection: ConnectionConfig, config: Config) -> IkeConfig:
         # One knob for both silences: outbound ESP unanswered (agent.roaming) and an IKE request
         # unanswered on the current path, after which the original initiator probes other paths.
         path_suspect_after=connection.path_timeout or None,
+        no_nats_allowed=connection.no_nats_allowed,
+        retransmit_timeout=config.agent.retransmit_timeout,
+        retransmit_base=config.agent.retransmit_base,
+        retransmit_tries=config.agent.retransmit_tries,
         fragmentation=connection.fragmentation != "no",
         rekey_time=connection.rekey_time or None,
         # NOTE: reauth_time, over_time, encap = true and fragmentation = "accept" have no

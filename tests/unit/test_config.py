@@ -428,6 +428,17 @@ def test_error_agent_same_ports(tmp_path):
     assert "agent.port_nat_t: is the same as agent.port (4500)" in error
 
 
+@pytest.mark.parametrize(("line", "message"), [
+    ('retransmit_timeout = "0s"', "agent.retransmit_timeout: is 0"),
+    ("retransmit_base = 0.5", "agent.retransmit_base: invalid value"),
+    ("retransmit_tries = 99", "agent.retransmit_tries: invalid value"),
+])
+def test_error_agent_retransmission(tmp_path, line, message):
+    error = single_error(tmp_path, f"[agent]\n{line}\n")
+
+    assert message in error
+
+
 def test_error_switch_without_mobike(tmp_path):
     text = MINIMAL.replace(
         "[connections.site]\n", "[connections.site]\nmobike = false\nswitch = true\n"

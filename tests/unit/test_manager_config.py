@@ -14,6 +14,9 @@ BASE = """
 [agent]
 port = 1500
 port_nat_t = 14500
+retransmit_timeout = "2s"
+retransmit_base = 1.5
+retransmit_tries = 3
 [connections.site]
 local_addrs = {local_addrs}
 remote_addrs = {remote_addrs}
@@ -21,6 +24,7 @@ rekey_time = "{rekey_time}"
 switch = true
 path_timeout = "{path_timeout}"
 switch_min_interval = "5s"
+no_nats_allowed = true
 fragmentation = "{fragmentation}"
 [connections.site.local]
 auth = "psk"
@@ -84,6 +88,15 @@ def test_path_timeout_and_switch_interval(tmp_path):
     assert connection.path_timeout == 0.5
     assert ike.path_suspect_after == 0.5
     assert ike.switch_min_interval == 5.0
+    assert ike.no_nats_allowed is True
+
+
+def test_retransmission_settings(tmp_path):
+    config, connection = load(tmp_path)
+
+    ike = build_ike_config(connection, config)
+
+    assert (ike.retransmit_timeout, ike.retransmit_base, ike.retransmit_tries) == (2.0, 1.5, 3)
 
 
 def test_path_timeout_zero_disables(tmp_path):
