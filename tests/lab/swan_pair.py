@@ -3,8 +3,8 @@
 CharonPair implements the TunnelPair protocol of tests/lab/scenarios.py with one charon per
 gateway. Both get connection "site" with child "lan" as RmobikePair configures rmobiked: MOBIKE on
 (strongSwan's default, stated anyway), every uplink address of both gateways in local_addrs and
-remote_addrs, each gateway's own uplink prefixes after its addresses (so that a renumbered
-address is still a local address of the connection), the lab's proposals and PSK. Everything else keeps strongSwan's documented
+remote_addrs, and the lab's proposals and PSK. Each gateway's local_addrs end with its own uplink
+prefixes, so that a renumbered address is still a local address of the connection. Everything else keeps strongSwan's documented
 defaults, no dead peer detection (dpd_delay 0) included, because those defaults are what rmobike
 is compared against. charon's kernel-netlink interface also waits 100 ms before it acts on an
 address or route change (ROAM_DELAY, a constant in strongSwan's source, not a setting).
