@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 BENCHMARKS = (
     ("bench_ike", False),
     ("bench_xfrm", True),
+    ("bench_roaming", True),
 )
 DOC = vm.CHECKOUT / "docs" / "benchmarks.md"
 RESULTS = vm.LAB_OUT / "bench"
