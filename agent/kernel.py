@@ -210,6 +210,15 @@ class Kernel:
         self._write_state_file()
         return removed
 
+    def probe_features(self) -> None:
+        """Find out now whether the kernel has XFRM_MSG_MIGRATE, so the first move does not wait for it."""
+        try:
+            features = self.api.features()
+        except XfrmError as error:
+            logger.warning("probing the kernel's XFRM features failed: %s; moves will probe again", error)
+            return
+        logger.debug("kernel XFRM features: %s", features)
+
     def remove_all(self) -> None:
         """Delete every CHILD_SA and trap policy, then anything else in rmobike's ranges (at shutdown).
 

@@ -148,6 +148,7 @@ class Manager:
     def start(self) -> None:
         """Remove what an earlier run left in the kernel, install traps, initiate connections."""
         self.kernel.remove_leftovers()
+        self.kernel.probe_features()
         for connection in self.config.connections.values():
             self._start_connection(connection)
         self._pump()

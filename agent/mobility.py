@@ -5,6 +5,7 @@
 | IkeSaAddressesChanged   | move every CHILD_SA of the IKE SA in the kernel (`Kernel.move_ike_sa`) |
 | PrepareInbound          | copy the inbound SAs to the new local address (`Kernel.prepare_inbound`) |
 | SwitchFailed            | remove those copies; the IKE SA stays on its path              |
+| SwitchAccepted          | move the CHILD_SAs towards the peer's new address at once      |
 | PathUpdateFailed        | move the CHILD_SAs back to the kept path; the IKE SA stays there |
 | PeerAddressesChanged    | new probe candidates (`agent.roaming.replan`)                 |
 | PathSuspect, IkeSaRedirected | logged (the core probes the candidates itself)           |
@@ -22,6 +23,7 @@ from agent.ike.events import (
     PathUpdateFailed,
     PeerAddressesChanged,
     PrepareInbound,
+    SwitchAccepted,
     SwitchFailed,
 )
 from agent import roaming
@@ -83,6 +85,24 @@ def on_prepare_inbound(manager: "Manager", event: PrepareInbound) -> None:
     log.info("asking the peer to move to %s:%d, %d inbound SAs ready there", event.local[0], event.local[1], count)
 
 
+def on_switch_accepted(manager: "Manager", event: SwitchAccepted) -> None:
+    """Send ESP to the peer's new address as soon as the response that accepts the switch is out.
+
+    The peer prepared inbound SAs there before it asked, so nothing waits for the update
+    exchange; the confirmed move that follows only fixes the encapsulation.
+    """
+    log = manager.log_for(event.ike_sa)
+    log.info("peer moves to %s, sending ESP there now", event.remote[0])
+
+    def move() -> None:
+        try:
+            manager.kernel.move_ike_sa(event.ike_sa, event.local[0], event.remote[0], KEEP)
+        except KernelError as error:
+            log.error("%s", error)
+
+    manager.after_send(move)
+
+
 def on_switch_failed(manager: "Manager", event: SwitchFailed) -> None:
     manager.kernel.drop_prepared(event.ike_sa)
     manager.log_for(event.ike_sa).warning("switch to %s failed: %s", event.local[0], event.reason)
@@ -126,6 +146,7 @@ def on_redirected(manager: "Manager", event: IkeSaRedirected) -> None:
 HANDLERS = {
     IkeSaAddressesChanged: on_addresses_changed,
     PrepareInbound: on_prepare_inbound,
+    SwitchAccepted: on_switch_accepted,
     SwitchFailed: on_switch_failed,
     PathUpdateFailed: on_path_update_failed,
     PathSuspect: on_path_suspect,

@@ -112,11 +112,12 @@ def replan(manager: "Manager", sa: IkeSa, now: float, reason: str,
         log.warning("cannot move: %s", error)
         return
     if sa.mobike_initiator and cause == "unusable":
-        _move_kernel_early(manager, sa, path)
+        ike_sa = sa.unique_id
+        manager.after_send(lambda: _move_kernel_early(manager, ike_sa, path))
 
 
-def _move_kernel_early(manager: "Manager", sa: IkeSa, path: RankedPath) -> None:
-    """Move the CHILD_SAs off an unusable path now, without waiting for the update's response.
+def _move_kernel_early(manager: "Manager", ike_sa: int, path: RankedPath) -> None:
+    """Move the CHILD_SAs off an unusable path once the update is sent, before its response.
 
     The old path carries nothing any more, and the peer already accepts ESP from the new
     address: its inbound SA is found by destination and SPI, and its policy templates compare
@@ -124,9 +125,9 @@ def _move_kernel_early(manager: "Manager", sa: IkeSa, path: RankedPath) -> None:
     of the exchange; a rejected update moves the SAs back (agent.mobility).
     """
     try:
-        manager.kernel.move_ike_sa(sa.unique_id, path.local, path.remote, KEEP)
+        manager.kernel.move_ike_sa(ike_sa, path.local, path.remote, KEEP)
     except KernelError as error:
-        manager.log_for(sa.unique_id).error("%s", error)
+        manager.log_for(ike_sa).error("%s", error)
 
 
 def _decide(sa: IkeSa, ranked: list[RankedPath]) -> tuple[RankedPath | None, str] | None:

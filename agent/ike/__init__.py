@@ -25,6 +25,7 @@ from .events import (
     PathUpdateFailed,
     PeerAddressesChanged,
     PrepareInbound,
+    SwitchAccepted,
     SwitchFailed,
 )
 from .payloads import TrafficSelector
@@ -53,6 +54,7 @@ __all__ = [
     "PathUpdateFailed",
     "PeerAddressesChanged",
     "PrepareInbound",
+    "SwitchAccepted",
     "ProtocolError",
     "SwitchFailed",
     "TrafficSelector",

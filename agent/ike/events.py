@@ -223,6 +223,20 @@ class PrepareInbound:
 
 
 @dataclass(frozen=True, slots=True)
+class SwitchAccepted:
+    """This side, the original initiator, accepted the peer's SWITCH_TO_IP_ADDRESS to `remote`.
+
+    The peer installed inbound state at `remote` before it asked (`PrepareInbound`), so the driver
+    may send ESP there at once. `IkeSaAddressesChanged` follows when the update completes.
+    """
+
+    ike_sa: int
+    name: str
+    local: Address
+    remote: Address
+
+
+@dataclass(frozen=True, slots=True)
 class SwitchFailed:
     """A switch of this side (the original responder) to `local` did not happen."""
 
@@ -279,6 +293,7 @@ Event = (
     | PathSuspect
     | PeerAddressesChanged
     | PrepareInbound
+    | SwitchAccepted
     | SwitchFailed
     | PathUpdateFailed
     | IkeSaRedirected

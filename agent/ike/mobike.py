@@ -152,9 +152,11 @@ class Mobility:
         if isinstance(active, UpdateInitiator) and active.path not in (None, (sa.local, sa.remote)):
             self.update_stale = True  # sent on another path than its NAT detection payloads name
         self._send_on_probe_paths(sa)
+        self._send_copies(sa)
 
     def retransmitted(self, sa: "IkeSa") -> None:
         self._send_on_probe_paths(sa)
+        self._send_copies(sa)
 
     def response_received(self, sa: "IkeSa", local: Address, remote: Address, now: float) -> None:
         """Adopt the path of an authentic response as the IKE SA's path while probing."""
@@ -205,6 +207,11 @@ class Mobility:
             self.update_stale = True
         for local, remote in self.probe_paths:
             sa._transmit(sa.request, local, remote)
+
+    def _send_copies(self, sa: "IkeSa") -> None:
+        """Send the outstanding request also from the local addresses its exchange names."""
+        for local in getattr(sa.active, "also_from", ()):
+            sa._transmit(sa.request, local, sa.remote)
 
     def _path_suspect(self, sa: "IkeSa", now: float) -> None:
         self.suspect_reported = True

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from .constants import ExchangeType, ProtocolId
 from .errors import InvalidSyntax, UnacceptableAddresses
-from .events import Address, PrepareInbound, SwitchFailed
+from .events import Address, PrepareInbound, SwitchAccepted, SwitchFailed
 from .exchange import Initiator, register_responder
 from .ike_sa_init import packed_address, raise_peer_errors
 from .mobike import (
@@ -204,6 +204,12 @@ class SwitchInitiator(Initiator):
     def describe(self) -> str:
         return f"SWITCH_TO_IP_ADDRESS to {self.pending.local[0]}"
 
+    @property
+    def also_from(self) -> tuple[Address, ...]:
+        # The request goes from O, which only a NAT mapping towards the peer may need, and from N,
+        # which still works when O has been removed from this host.
+        return (self.pending.local,)
+
     def build_request(self, now: float) -> list | None:
         sa = self.sa
         if state(sa).switch is not self.pending:
@@ -305,6 +311,7 @@ class SwitchResponder(MobikeResponder):
         m.probe_paths = []
         if path != (sa.local, sa.remote):
             sa.move_path(*path, now)
+        sa.endpoint.emit(SwitchAccepted(sa.unique_id, sa.name, path[0], path[1]))
         request_update(sa, now, "peer switch")
 
 

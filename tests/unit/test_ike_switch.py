@@ -16,6 +16,7 @@ from agent.ike.events import (
     IkeSaRedirected,
     PeerAddressesChanged,
     PrepareInbound,
+    SwitchAccepted,
     SwitchFailed,
 )
 from agent.ike.exchange import Initiator
@@ -79,9 +80,11 @@ def test_switch_moves_both_sides():
     assert prepare.local == (RIGHT2, 4500)
     assert {(o, i) for i, o in prepare.spis} == spis
 
-    # R: HDR, SK {N(SWITCH_TO_IP_ADDRESS, N)}  -->  from O to I's current address
-    request, = network.take()
+    # R: HDR, SK {N(SWITCH_TO_IP_ADDRESS, N)}  -->  from O to I's current address, and a copy
+    # from N, which still works when O has been removed (here it is lost)
+    request, copy = network.take()
     assert (request.source, request.destination) == ((RIGHT[0], 4500), (LEFT[0], 4500))
+    assert (copy.source, copy.data) == ((RIGHT2, 4500), request.data)
     notify, = [n for n in notify_types(request, peers.left_sa)]
     assert notify == SWITCH
     network.deliver([request])
@@ -135,6 +138,22 @@ def test_outstanding_request_copied_from_n():
     assert of_type(left_events, IkeSaAddressesChanged)[-1].remote == (RIGHT2, 4500)
 
 
+def test_switch_when_o_is_gone():
+    peers = multihomed_peers()
+    network = peers.network
+    peers.events()
+    network.block(RIGHT[0], LEFT[0])  # O was removed from R: nothing leaves or reaches it
+
+    peers.right.switch_to(peers.right_id, RIGHT2, network.now, "address removed")
+    network.run()
+
+    left_events, right_events = peers.events()
+    accepted, = of_type(left_events, SwitchAccepted)
+    assert accepted.remote == (RIGHT2, 4500)
+    assert of_type(left_events, IkeSaAddressesChanged)[-1].remote == (RIGHT2, 4500)
+    assert of_type(right_events, IkeSaAddressesChanged)[-1].local == (RIGHT2, 4500)
+
+
 def test_switch_logs_decision(caplog):
     peers = multihomed_peers()
     with caplog.at_level(logging.INFO, logger="agent.ike"):
@@ -172,7 +191,9 @@ def test_switch_with_initiator_behind_nat():
     network.run()
 
     assert ((outer, 44500), RIGHT2) in network.nat_mappings
-    assert network.dropped == []
+    # Only the copy of the switch request from N is dropped, before the mapping exists.
+    dropped, = network.dropped
+    assert dropped.source == (RIGHT2, 4500)
     left_events, right_events = peers.events()
     right_move, = of_type(right_events, IkeSaAddressesChanged)
     assert right_move.local == (RIGHT2, 4500)
@@ -286,7 +307,8 @@ def test_second_switch_supersedes_first():
 
     # R: HDR, SK {N(SWITCH_TO_IP_ADDRESS, N1)}  -->   I answers to N1 and sends its update to N1, lost
     peers.right.switch_to(peers.right_id, RIGHT2, network.now, "first")
-    network.step()
+    request, _copy_from_n = network.take()
+    network.deliver([request])
     response, lost_update = network.take()
     network.deliver([response])
     assert lost_update.destination == (RIGHT2, 4500)

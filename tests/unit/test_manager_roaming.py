@@ -86,6 +86,23 @@ def test_responder_switches_when_its_address_goes(tmp_path):
     assert kernel_addresses(pair.fake_a) == {(B2, A, child.spi_out), (A, B2, child.spi_in)}
 
 
+def test_initiator_sends_to_n_on_accepting(tmp_path):
+    pair = roaming_pair(tmp_path)
+    child = only(only(pair.a.list_sas()).children)
+    pair.b.paths = FixedPaths(ranked={"site": [(B2, A)]}, local={B2})
+    pair.b.on_net_events(NETWORK_CHANGED)
+
+    # Deliver only the switch request (and its copy from B2) to A.
+    requests, pair.network.in_flight = pair.network.in_flight, []
+    for datagram in requests:
+        pair.network._deliver_one(datagram)
+
+    # A has answered to B2 and sent its update; its ESP already goes to B2.
+    assert (A, B2, child.spi_out) in kernel_addresses(pair.fake_a)
+    pair.network.deliver()
+    assert only(pair.a.list_sas()).remote_address == B2
+
+
 def test_responder_falls_back_to_redirect(tmp_path):
     pair = make_pair(tmp_path, a_extra="switch = false", b_extra="switch = true", second_addresses=True)
     pair.b.paths = FixedPaths(ranked={"site": [(B, A), (B2, A)]}, local={B, B2})
