@@ -30,6 +30,7 @@ BENCHMARKS = (
     ("bench_ike", False),
     ("bench_xfrm", True),
     ("bench_roaming", True),
+    ("bench_reaction", False),
 )
 DOC = vm.CHECKOUT / "docs" / "benchmarks.md"
 RESULTS = vm.LAB_OUT / "bench"
