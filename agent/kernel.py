@@ -569,7 +569,7 @@ class Kernel:
         """Make the copy that prepare_inbound put at `local` the inbound SA, so `local` has no gap.
 
         The copy takes the original's replay window when that is further ahead, and the new
-        encapsulation; the inbound policies' templates follow; then the original goes.
+        encapsulation. The inbound policies' templates follow, then the original is deleted.
         Returns False when there is no copy at `local` for this move.
         """
         copy_id = child.prepared

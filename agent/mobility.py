@@ -66,7 +66,7 @@ def on_addresses_changed(manager: "Manager", event: IkeSaAddressesChanged) -> No
 
 
 def _answering_update(manager: "Manager", ike_sa: int) -> bool:
-    """Tell whether this side is the original responder, which moves while answering an update."""
+    """Tell whether this side is the original responder, which moves while it responds to an update."""
     try:
         return not manager.endpoint.ike_sa(ike_sa).mobike_initiator
     except KeyError:
@@ -88,8 +88,8 @@ def on_prepare_inbound(manager: "Manager", event: PrepareInbound) -> None:
 def on_switch_accepted(manager: "Manager", event: SwitchAccepted) -> None:
     """Send ESP to the peer's new address as soon as the response that accepts the switch is out.
 
-    The peer prepared inbound SAs there before it asked, so nothing waits for the update
-    exchange; the confirmed move that follows only fixes the encapsulation.
+    The peer prepared inbound SAs there before its request, so ESP need not wait for the update
+    exchange. The confirmed move that follows only fixes the encapsulation.
     """
     log = manager.log_for(event.ike_sa)
     log.info("peer moves to %s, sending ESP there now", event.remote[0])
@@ -109,7 +109,7 @@ def on_switch_failed(manager: "Manager", event: SwitchFailed) -> None:
 
 
 def on_path_update_failed(manager: "Manager", event: PathUpdateFailed) -> None:
-    # agent.roaming may have moved the CHILD_SAs before the update was answered.
+    # agent.roaming may have moved the CHILD_SAs before the update's response arrived.
     try:
         manager.kernel.move_ike_sa(event.ike_sa, event.kept_local[0], event.kept_remote[0], KEEP)
     except KernelError as error:
