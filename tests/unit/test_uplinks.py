@@ -151,6 +151,35 @@ def test_route_reply_other_error_raises():
         decode_route_reply(error)
 
 
+def test_fast_reply_parser_agrees():
+    for index, lookup in enumerate(recorded_lookups()):
+        data = bytes.fromhex(lookup["reply"])
+        (message,) = messages.parse_messages(data)
+        src = ip(lookup["src"]) if lookup["src"] else None
+
+        found, fast = uplinks.parse_route_reply(data, message.seq, requested_src=src)
+
+        assert found, index
+        assert fast == decode_route_reply(message, requested_src=src), index
+
+
+def test_fast_parser_skips_other_seq():
+    data = bytes.fromhex(recorded_lookups()[0]["reply"])
+    (message,) = messages.parse_messages(data)
+
+    assert uplinks.parse_route_reply(data, message.seq + 1) == (False, None)
+
+
+def test_fast_parser_rejects_truncated():
+    data = bytes.fromhex(recorded_lookups()[0]["reply"])
+    (message,) = messages.parse_messages(data)
+    # The first route attribute (after the 16-octet nlmsghdr and 12-octet rtmsg) claims 65535 octets.
+    broken = data[:28] + bytes([0xFF, 0xFF]) + data[30:]
+
+    with pytest.raises(uplinks.RouteLookupError):
+        uplinks.parse_route_reply(broken, message.seq)
+
+
 def test_route_request_family_mismatch():
     with pytest.raises(ValueError, match="different families"):
         encode_route_request(ip("192.0.2.1"), 1, src=ip("2001:db8::1"))
