@@ -681,6 +681,7 @@ class _Loader:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.errors: list[str] = []
+        self._broken_secret_ids: set[str] = set()  # ids of [secrets.*] tables with errors
         self.warnings: list[str] = []
 
     def error(self, key: str, problem: str, expected: str | None = None) -> None:
@@ -802,6 +803,9 @@ class _Loader:
             secret = self._secret(key, name, table)
             if secret is not None:
                 secrets[name] = secret
+            elif isinstance(table.get("id"), str):
+                # Already reported; a connection that needs this identity's secret says nothing more.
+                self._broken_secret_ids.add(table["id"])
 
         seen: dict[str, str] = {}
         for name, secret in secrets.items():
@@ -1044,7 +1048,7 @@ class _Loader:
         for side, endpoint in (("local", connection.local), ("remote", connection.remote)):
             if endpoint.auth != "psk":
                 continue
-            if any(secret.id in ids for secret in secrets.values()):
+            if any(secret.id in ids for secret in secrets.values()) or self._broken_secret_ids & set(ids):
                 return
             self.error(
                 _key_path(_key_path(key, side), "auth"),

@@ -88,7 +88,7 @@ def run_check(path: str, stdout: TextIO, stderr: TextIO) -> int:
     for line in errors:
         print(line, file=stderr)
     if errors:
-        print(f"rmobiked: {path}: {len(errors)} errors", file=stderr)
+        print(f"rmobiked: {path}: {len(errors)} error{'s' if len(errors) != 1 else ''}", file=stderr)
         return EXIT_FAILURE
     print(f"{path}: configuration valid", file=stdout)
     return EXIT_OK
@@ -299,7 +299,7 @@ class Daemon:
             try:
                 new = load_config(self.config_path)
             except ConfigError as error:
-                raise CommandError(f"reload failed, the running configuration stays: {len(error.errors)} errors\n"
+                raise CommandError(f"reload failed, the running configuration stays: {len(error.errors)} error{'s' if len(error.errors) != 1 else ''}\n"
                                    + "\n".join(error.errors)) from None
             diff = self._run(self.manager.reload, new)
         finally:

@@ -610,7 +610,7 @@ def test_secret_file_world_readable(tmp_path):
 
     errors = errors_of(tmp_path, secret_config(f'secret_file = "{psk}"\n'))
 
-    assert len(errors) == 2  # the secret itself, and the connection that needs it
+    assert len(errors) == 1  # the secret itself; the connection that needs it adds nothing
     assert (
         f"secrets.site.secret_file: secret file {psk} is accessible to all users (mode 0644)"
         in errors[0]
