@@ -110,6 +110,10 @@ def write_page(names: list[str]) -> None:
         section = RESULTS / f"{name}.md"
         if section.exists():
             parts += [section.read_text().rstrip(), ""]
+            measured = datetime.date.fromtimestamp(section.stat().st_mtime)
+            if measured != datetime.date.today():
+                # --only reruns some benchmarks; the others keep the figures of an earlier run.
+                parts += [f"_This section is from an earlier run, on {measured.isoformat()}._", ""]
         else:
             parts += [f"## {name}", "", "Not measured: the benchmark failed in this run.", ""]
     DOC.write_text("\n".join(parts))
