@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{shlex.quote(str(vm.VENV_BIN / 'python'))} -m tests.lab.demo --in-lab "
         f"--window {args.window}",
     ])
-    print("starting the lab VM (Debian's kernel under QEMU TCG; the boot takes about 30 s once no other lab VM runs)...", flush=True)
+    print("starting the lab VM (Debian's kernel under QEMU TCG; the boot takes about 30 s "
+          "once no other lab VM runs)...", flush=True)
     try:
         returncode, _ = vm.run_in_vm(script, timeout=DEMO_TIMEOUT)
     except vm.LabError as error:
