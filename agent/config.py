@@ -804,7 +804,7 @@ class _Loader:
             if secret is not None:
                 secrets[name] = secret
             elif isinstance(table.get("id"), str):
-                # Already reported; a connection that needs this identity's secret says nothing more.
+                # Already reported, so a connection that needs this identity's secret adds no error.
                 self._broken_secret_ids.add(table["id"])
 
         seen: dict[str, str] = {}

@@ -536,6 +536,7 @@ class Kernel:
                 child.prepared = None
         if ids:
             self._delete_sas(ids)
+            self._write_state_file()
 
     def move_ike_sa(self, ike_sa: int, local: str, remote: str, encap: Encap | None = KEEP) -> MoveResult:
         """Move every CHILD_SA of `ike_sa` to the outer addresses `local` <-> `remote`.
@@ -727,7 +728,9 @@ class Kernel:
         state = {
             "pid": os.getpid(),
             "sas": [{"id": str(sa.id), "reqid": sa.reqid}
-                    for child in self._children.values() for sa in (child.inbound, child.outbound)],
+                    for child in self._children.values() for sa in (child.inbound, child.outbound)]
+            + [{"id": str(child.prepared), "reqid": child.reqid}
+               for child in self._children.values() if child.prepared is not None],
             "policies": [{"id": str(policy.id), "priority": policy.priority}
                          for policy_set in self._policy_sets.values() for policy in policy_set.policies],
         }

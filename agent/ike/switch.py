@@ -126,7 +126,7 @@ def _start(sa: "IkeSa", pending: PendingSwitch, now: float) -> None:
         pending.deadline = now + config.switch_timeout
         if sa.request is not None:
             # The switch waits for the outstanding request, whose response goes to O, which may
-            # be unreachable now. A copy from N lets a peer that is not behind a NAT answer there.
+            # be unreachable now. A copy from N lets a peer that is not behind a NAT respond there.
             _log(sa, logging.INFO, "request %d outstanding, sending a copy from %s", sa.next_message_id,
                  pending.local[0])
             sa._transmit(sa.request, pending.local, sa.remote)

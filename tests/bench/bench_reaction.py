@@ -3,9 +3,9 @@
     python -m tests.bench.bench_reaction [--out FILE] [--trials N]
 
 Runs on the host, natively: two managers joined by the unit tests' in-memory network, with the
-fake XFRM backend and fixed path rankings (no netlink, no route lookups). For each trial a fresh
-tunnel comes up; then the initiator's, or the responder's, current address becomes unusable and
-the time from `Manager.on_net_events` to the first datagram handed to the transport is taken.
+fake XFRM backend and fixed path rankings (no netlink, no route lookups). Each trial brings a
+fresh tunnel up and makes the initiator's, or the responder's, current address unusable. It
+times `Manager.on_net_events` until the first datagram is handed to the transport.
 The route lookups that the daemon does for the ranking are timed apart, against the host kernel
 in a network namespace of their own (needs root). The two add up to the daemon's share of
 "netlink event to first IKE packet"; the kernel's delivery of the netlink message comes on top.

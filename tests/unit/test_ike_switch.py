@@ -127,7 +127,7 @@ def test_outstanding_request_copied_from_n():
 
     peers.right.switch_to(peers.right_id, RIGHT2, network.now, "link down")
 
-    # R: the outstanding request again, from N; I answers to N, then R sends the switch from O.
+    # R: the outstanding request again, from N. I responds to N, then R sends the switch from O.
     copy, = network.take()
     assert copy.source == (RIGHT2, 4500)
     network.unblock(RIGHT[0], LEFT[0])

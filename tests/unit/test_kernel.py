@@ -371,12 +371,14 @@ def test_move_ike_sa_keeps_spis(migrate, tmp_path):
     assert fake.dump_policies() == []
 
 
-def test_prepare_inbound_adds_copy(fake, kernel):
+def test_prepare_inbound_adds_copy(fake, kernel, tmp_path):
     info = make_info(kernel)
     kernel.install_child(7, "site", info)
 
     assert kernel.prepare_inbound(7, "198.51.100.30") == 1
 
+    recorded = json.loads((tmp_path / "kernel-state.json").read_text())["sas"]
+    assert "198.51.100.30" in " ".join(entry["id"] for entry in recorded)
     copy = fake.get_sa(SaId("198.51.100.30", info.spi_in))
     original = fake.get_sa(SaId(LOCAL, info.spi_in))
     assert copy.aead.key == original.aead.key

@@ -31,7 +31,7 @@ def test_initiator_moves_when_its_address_goes(tmp_path):
 
     pair.a.on_net_events(NETWORK_CHANGED)
 
-    # The old address is gone, so the kernel moves before the update is answered.
+    # The old address is gone, so the kernel moves before the update's response arrives.
     assert kernel_addresses(pair.fake_a) == {(B, A2, child.spi_in), (A2, B, child.spi_out)}
     pair.network.deliver()
     assert only(pair.a.list_sas()).local_address == A2
@@ -48,7 +48,7 @@ def test_initiator_moves_back_to_preferred(tmp_path):
     pair.a.paths = FixedPaths(ranked={"site": [(A, B), (A2, B)]}, local={A, A2})
 
     pair.a.on_net_events(NETWORK_CHANGED)
-    # A better path, but the current one works: the kernel waits for the peer's answer.
+    # A better path, but the current one works: the kernel waits for the peer's response.
     assert {str(sa.src) for sa in pair.fake_a.dump_sas()} == {A2, B}
     pair.network.deliver()
 
@@ -97,7 +97,7 @@ def test_initiator_sends_to_n_on_accepting(tmp_path):
     for datagram in requests:
         pair.network._deliver_one(datagram)
 
-    # A has answered to B2 and sent its update; its ESP already goes to B2.
+    # A has sent its response to B2 and its update. Its ESP already goes to B2.
     assert (A, B2, child.spi_out) in kernel_addresses(pair.fake_a)
     pair.network.deliver()
     assert only(pair.a.list_sas()).remote_address == B2
